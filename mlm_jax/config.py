@@ -92,6 +92,12 @@ class DataConfig(_Section):
     worker_count: int = Field(0, ge=0, description="Grain worker processes (0: in-process)")
     prefetch_batches: int = Field(2, ge=0, description="batches prepared ahead of the step")
     shuffle: bool = Field(True, description="shuffle documents each epoch (seeded)")
+    num_streams: int | None = Field(
+        None,
+        ge=1,
+        description="packed row streams, fixed whatever the process count "
+        "(default gcd(global_batch_size, 8)); must divide the batch, processes must divide it",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
@@ -199,6 +205,11 @@ class Config(_Section):
             )
         if self.data.predictions_per_row > self.data.seq_len:
             raise ValueError("data.max_predictions exceeds data.seq_len; lower it")
+        if self.train.global_batch_size % self.num_streams:
+            raise ValueError(
+                f"train.global_batch_size={self.train.global_batch_size} is not divisible by "
+                f"data.num_streams={self.num_streams}; change one of them"
+            )
         if self.mesh.data != -1:
             step_rows = self.mesh.data * self.mesh.fsdp * self.optim.grad_accum_steps
             if self.train.global_batch_size % step_rows:
@@ -207,6 +218,13 @@ class Config(_Section):
                     f"mesh.data*mesh.fsdp*optim.grad_accum_steps={step_rows}; change one of them"
                 )
         return self
+
+    @property
+    def num_streams(self) -> int:
+        """Row streams of the data pipeline; see DataConfig.num_streams."""
+        if self.data.num_streams is not None:
+            return self.data.num_streams
+        return math.gcd(self.train.global_batch_size, 8)
 
     def check_devices(self, device_count: int) -> tuple[int, int, int]:
         """Validate the mesh and batch against the devices actually present."""
