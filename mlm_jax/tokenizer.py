@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,9 @@ _BYTE_PIECES = 256
 # Sentences longer than this are cut by SentencePiece anyway; cutting early saves memory.
 _MAX_SENTENCE_CHARS = 4192
 _NORMALIZATIONS = {False: "nmt_nfkc", True: "nmt_nfkc_cf"}
+# A special token written in text swallows the whitespace before it, as Hugging Face's
+# lstrip=True added tokens do, so "of [MASK] is" predicts the piece "▁Paris", not "Paris".
+_SPECIAL_IN_TEXT = re.compile(r"\s*(\[(?:PAD|UNK|CLS|SEP|MASK)\])")
 
 
 def min_vocab_size() -> int:
@@ -92,7 +96,8 @@ def _run_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1]
+        # SentencePiece prefixes its reason with a C++ source location: keep only the reason.
+        reason = str(exc).strip().splitlines()[-1].rsplit("] ", 1)[-1].rstrip(".")
         raise UserError(
             f"SentencePiece refused to train: {reason}; adjust --vocab-size or give more text"
         ) from None
@@ -202,6 +207,24 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def encode_with_specials(self, text: str) -> np.ndarray:
+        """Encode user text in which ``[MASK]``, ``[SEP]``... stand for their special ids."""
+        specials = {
+            "[PAD]": self.pad_id,
+            "[UNK]": self.unk_id,
+            "[CLS]": self.cls_id,
+            "[SEP]": self.sep_id,
+            "[MASK]": self.mask_id,
+        }
+        parts = _SPECIAL_IN_TEXT.split(text)
+        ids: list[int] = []
+        for index, part in enumerate(parts):
+            if index % 2:
+                ids.append(specials[part])
+            elif part.strip():
+                ids.extend(self.encode(part).tolist())
+        return np.asarray(ids, dtype=np.int32)
 
     def decode(self, ids) -> str:
         raise NotImplementedError

@@ -1,0 +1,295 @@
+"""The ``mlm-jax`` command: parses arguments and hands each subcommand to one library call.
+
+Library modules are imported inside the handlers so ``mlm-jax --help`` and the
+cheap commands start fast and never import JAX. A :class:`UserError` anywhere
+becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mlm_jax.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage and exits 2 on bad arguments; we want our one-line form."""
+
+    def error(self, message: str) -> None:
+        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.learning_rate=1e-4 (repeatable)",
+    )
+
+
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-process (jax.distributed)")
+    group.add_argument("--coordinator", help="HOST:PORT of process 0 (env MLM_JAX_COORDINATOR)")
+    group.add_argument(
+        "--num-processes", type=int, help="process count (env MLM_JAX_NUM_PROCESSES)"
+    )
+    group.add_argument("--process-id", type=int, help="this process (env MLM_JAX_PROCESS_ID)")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="initialise jax.distributed with JAX's cluster auto-detection (TPU VM, SLURM, MPI)",
+    )
+
+
+def _load_config(args: argparse.Namespace):
+    from mlm_jax import config
+
+    return config.load(args.config, args.overrides)
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    from mlm_jax import distributed
+
+    distributed.initialize(
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        auto=args.distributed,
+    )
+
+
+def _cmd_config_show(args: argparse.Namespace) -> None:
+    from mlm_jax import config
+
+    sys.stdout.write(config.dump(_load_config(args)))
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> None:
+    from mlm_jax import config
+
+    print("\n".join(config.schema_lines()))
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from mlm_jax import tokenizer
+
+    tokenizer.train_tokenizer(
+        inputs=args.input,
+        out=args.out,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        lowercase=args.lowercase,
+        max_sentences=args.max_sentences,
+        threads=args.threads,
+    )
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> None:
+    from mlm_jax import corpus
+
+    corpus.prepare(
+        inputs=args.input,
+        out=args.out,
+        valid_fraction=args.valid_fraction,
+        force=args.force,
+        text_field=args.text_field,
+    )
+
+
+def _cmd_data_peek(args: argparse.Namespace) -> None:
+    from mlm_jax import pipeline
+
+    pipeline.peek(
+        _load_config(args),
+        batches=args.batches,
+        process_index=args.process_index,
+        process_count=args.process_count,
+        out=args.out,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from mlm_jax import train
+
+    config = _load_config(args)
+    _start_distributed(args)
+    train.run(config, workdir=args.workdir or _default_workdir(args.config))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from mlm_jax import train
+
+    _start_distributed(args)
+    train.evaluate_run(args.workdir, step=args.step, batches=args.batches)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from mlm_jax import export
+
+    _start_distributed(args)
+    export.export_run(
+        args.workdir, out=args.out, step=args.step, force=args.force, verify=not args.no_verify
+    )
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from mlm_jax import inference
+
+    inference.print_fill_mask(args.model, args.text, top_k=args.top_k)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from mlm_jax import finetune
+
+    config = _load_config(args)
+    _start_distributed(args)
+    finetune.run(config, workdir=args.workdir or _default_workdir(args.config))
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    from mlm_jax import finetune
+
+    finetune.print_scores(
+        args.model,
+        query=args.query,
+        candidates=args.candidates,
+        queries=args.queries,
+        top_k=args.top_k,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from mlm_jax import report
+
+    report.plot_run(args.workdir, out=args.out)
+
+
+def _default_workdir(config_path: str) -> str:
+    stem = os.path.splitext(os.path.basename(config_path))[0]
+    return os.path.join("runs", stem)
+
+
+def _tokenizer_parser(commands) -> None:
+    tok = commands.add_parser("tokenizer", help="train a SentencePiece tokenizer")
+    tok_commands = tok.add_subparsers(dest="action", required=True)
+    train = tok_commands.add_parser("train", help="train on text files or builtin:NAME")
+    train.add_argument("--input", nargs="+", required=True, help="files, dirs, or builtin:NAME")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    train.add_argument("--lowercase", action="store_true", help="case-fold (NFKC + casefold)")
+    train.add_argument(
+        "--max-sentences", type=int, default=2_000_000, help="sample at most this many sentences"
+    )
+    train.add_argument("--threads", type=int, default=None, help="default: all cores")
+    train.set_defaults(handler=_cmd_tokenizer_train)
+
+
+def _data_parser(commands) -> None:
+    data = commands.add_parser("data", help="prepare or inspect a dataset")
+    data_commands = data.add_subparsers(dest="action", required=True)
+    prepare = data_commands.add_parser("prepare", help="text → TFDS ArrayRecord dataset")
+    prepare.add_argument("--input", nargs="+", required=True, help="files, dirs, or builtin:NAME")
+    prepare.add_argument("--out", required=True, help="dataset directory")
+    prepare.add_argument("--valid-fraction", type=float, default=0.01)
+    prepare.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    prepare.add_argument("--force", action="store_true", help="replace a different dataset")
+    prepare.set_defaults(handler=_cmd_data_prepare)
+    peek = data_commands.add_parser("peek", help="show the batches a process would see")
+    _add_config_args(peek)
+    peek.add_argument("--batches", type=int, default=1)
+    peek.add_argument("--process-index", type=int, default=0)
+    peek.add_argument("--process-count", type=int, default=1)
+    peek.add_argument("--out", help="write JSONL here instead of printing")
+    peek.set_defaults(handler=_cmd_data_peek)
+
+
+def _run_parsers(commands) -> None:
+    train = commands.add_parser("train", help="pretrain (resumes from the workdir)")
+    _add_config_args(train)
+    train.add_argument("--workdir", help="run directory (default runs/CONFIG_NAME)")
+    _add_distributed_args(train)
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="MLM loss/accuracy/perplexity on validation")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--step", type=int, help="checkpoint step (default newest)")
+    evaluate.add_argument("--batches", type=int, help="validation batches (default from config)")
+    _add_distributed_args(evaluate)
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    export = commands.add_parser("export", help="write a Hugging Face model directory")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--step", type=int, help="checkpoint step (default newest)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--no-verify", action="store_true", help="skip the transformers check")
+    _add_distributed_args(export)
+    export.set_defaults(handler=_cmd_export)
+
+    predict = commands.add_parser("predict", help="fill-mask predictions")
+    predict.add_argument("--model", required=True, help="a run directory or an export")
+    predict.add_argument("text", help='text containing [MASK], e.g. "To be or not to [MASK]."')
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.set_defaults(handler=_cmd_predict)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a classifier or reranker")
+    _add_config_args(finetune)
+    finetune.add_argument("--workdir", help="run directory (default runs/CONFIG_NAME)")
+    _add_distributed_args(finetune)
+    finetune.set_defaults(handler=_cmd_finetune)
+
+    score = commands.add_parser("score", help="rank candidates with a fine-tuned reranker")
+    score.add_argument("--model", required=True)
+    score.add_argument("--query")
+    score.add_argument("--candidates", help="JSONL with a text/passage field per line")
+    score.add_argument("--queries", help="JSONL with query and candidates per line")
+    score.add_argument("--top-k", type=int, default=10)
+    score.set_defaults(handler=_cmd_score)
+
+    report = commands.add_parser("report", help="plot a run's curves into a PNG")
+    report.add_argument("--workdir", required=True)
+    report.add_argument("--out", help="PNG path (default WORKDIR/report.png)")
+    report.set_defaults(handler=_cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mlm-jax",
+        description="Pretrain BERT-style encoders with masked-language modelling on JAX.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    config = commands.add_parser("config", help="show the resolved config or the schema")
+    config_commands = config.add_subparsers(dest="action", required=True)
+    show = config_commands.add_parser("show", help="print the resolved YAML")
+    _add_config_args(show, required=False)
+    show.set_defaults(handler=_cmd_config_show)
+    schema = config_commands.add_parser("schema", help="list every field")
+    schema.set_defaults(handler=_cmd_config_schema)
+    _tokenizer_parser(commands)
+    _data_parser(commands)
+    _run_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Tokenizer training on real text: special ids, round trips, determinism, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlm_jax import sources, tokenizer
+from mlm_jax.errors import UserError
+
+UNICODE_LINES = [
+    "To be, or not to be: that is the question.",
+    "Naïve café déjà vu — «quoted» and ‘curly’.",
+    "数字 12345 and emoji 🙂 in one line.",
+    "  extra   whitespace\tand tabs  ",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """A real slice of Shakespeare written to a plain text file."""
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:120]
+    path.write_text("\n\n".join(docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok") / "tok"
+    meta = tokenizer.train_tokenizer([str(corpus_file)], str(out), vocab_size=1000)
+    return out, meta
+
+
+def test_special_ids_fixed(trained):
+    out, _ = trained
+    tok = tokenizer.load(out)
+    pieces = [tok.id_to_piece(i) for i in range(5)]
+    assert pieces == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    text = "The capital of [MASK] is Paris.[SEP]"
+    expected = [*tok.encode("The capital of"), 4, *tok.encode(" is Paris."), 3]
+    assert tok.encode_with_specials(text).tolist() == expected
+
+
+def test_unicode_round_trip_with_byte_fallback(trained):
+    tok = tokenizer.load(trained[0])
+    ids = tok.encode_batch(UNICODE_LINES)
+    assert all(row.dtype == np.int32 for row in ids)
+    for line, row in zip(UNICODE_LINES, ids, strict=True):
+        assert tokenizer.UNK_ID not in row.tolist()
+        assert tok.decode(row) == " ".join(line.split())  # NFKC keeps these; spaces collapse
+
+
+def test_retraining_is_byte_identical(trained, corpus_file, tmp_path):
+    out, _ = trained
+    again = tmp_path / "again"
+    tokenizer.train_tokenizer([str(corpus_file)], str(again), vocab_size=1000)
+    assert (again / "spm.model").read_bytes() == (out / "spm.model").read_bytes()
+
+
+def test_meta_consistent_with_model(trained, corpus_file):
+    out, meta = trained
+    on_disk = json.loads((out / "meta.json").read_text())
+    tok = tokenizer.load(out)
+    assert on_disk["vocab_size"] == tok.vocab_size == 1000
+    assert on_disk["special_ids"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    assert on_disk["input_fingerprint"] == sources.fingerprint([str(corpus_file)])
+    assert on_disk["model_type"] == "unigram" and on_disk["byte_fallback"] is True
+    assert on_disk["sentencepiece_version"]
+
+
+def test_lowercase_and_bpe(corpus_file, tmp_path):
+    tokenizer.train_tokenizer(
+        [str(corpus_file)], str(tmp_path / "bpe"), 800, model_type="bpe", lowercase=True
+    )
+    tok = tokenizer.load(tmp_path / "bpe")
+    assert tok.decode(tok.encode("HAMLET Speaks")) == "hamlet speaks"
+
+
+def test_inputs_gz_bz2_jsonl_and_directories(tmp_path):
+    import bz2
+    import gzip
+
+    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:6]
+    folder = tmp_path / "mixed" / "nested"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "a.txt.gz", "wt") as f:
+        f.write("\n\n".join(docs[:2]))
+    with bz2.open(folder / "b.txt.bz2", "wt") as f:
+        f.write("\n\n".join(docs[2:4]))
+    (folder / "c.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs[4:]))
+    found = list(sources.iter_documents([str(tmp_path / "mixed")]))
+    assert len(found) == 6
+    assert found[0] == docs[0]
+
+
+def test_non_utf8_bytes_are_counted(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good line\n\nbad \xff\xfe bytes here\n")
+    stats = sources.ReadStats()
+    docs = list(sources.iter_documents([str(path)], stats=stats))
+    assert len(docs) == 2 and stats.undecodable_lines == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "fragment"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "hold no text"),
+        ("binary", "looks binary"),
+        ("small_vocab", "too small"),
+    ],
+)
+def test_bad_inputs(tmp_path, corpus_file, setup, fragment):
+    inputs, vocab = [str(corpus_file)], 1000
+    if setup == "missing":
+        inputs = [str(tmp_path / "nope.txt")]
+    elif setup == "empty":
+        (tmp_path / "empty.txt").write_text("\n\n")
+        inputs = [str(tmp_path / "empty.txt")]
+    elif setup == "binary":
+        (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
+        inputs = [str(tmp_path / "blob.bin")]
+    else:
+        vocab = 100
+    with pytest.raises(UserError, match=fragment):
+        tokenizer.train_tokenizer(inputs, str(tmp_path / "out"), vocab)
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_retrain_keeps_existing_output(trained, tmp_path, corpus_file):
+    out = tmp_path / "keep"
+    tokenizer.train_tokenizer([str(corpus_file)], str(out), vocab_size=1000)
+    before = (out / "spm.model").read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "mlm_jax.cli", "tokenizer", "train", "--input",
+         str(corpus_file), "--vocab-size", "60000", "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "<= " in last and "Traceback" not in result.stderr
+    assert (out / "spm.model").read_bytes() == before
+
+
+def test_builtin_corpora_are_real_and_large():
+    text = "\n".join(sources.iter_documents(["builtin:shakespeare"]))
+    assert len(text.encode()) > 1_000_000 and "Hamlet" in text
+    with pytest.raises(UserError, match="unknown builtin corpus"):
+        list(sources.iter_documents(["builtin:nothing"]))
