@@ -9,6 +9,7 @@ Hugging Face tokenizer directory holds ``tokenizer.json`` (WordPiece, read with 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -74,7 +75,7 @@ def _run_sentencepiece(
 ) -> bytes:
     import sentencepiece as spm
 
-    model = tempfile.SpooledTemporaryFile()
+    model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -101,8 +102,7 @@ def _run_sentencepiece(
         raise UserError(
             f"SentencePiece refused to train: {reason}; adjust --vocab-size or give more text"
         ) from None
-    model.seek(0)
-    return model.read()
+    return model.getvalue()
 
 
 def train_tokenizer(

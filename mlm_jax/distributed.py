@@ -1,0 +1,93 @@
+"""Starting JAX's multi-process runtime, and who is the primary process.
+
+Three ways in, in this order: explicit ``--coordinator/--num-processes/--process-id``
+(or the ``MLM_JAX_*`` environment variables that ``scripts/launch_local.sh`` sets),
+``--distributed`` for JAX's own cluster detection (TPU VMs, SLURM, Open MPI), or
+nothing at all for a single process. On CPU the collectives go over gloo.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mlm_jax.errors import UserError
+
+_ENV = {
+    "coordinator": "MLM_JAX_COORDINATOR",
+    "num_processes": "MLM_JAX_NUM_PROCESSES",
+    "process_id": "MLM_JAX_PROCESS_ID",
+}
+# A peer that died must not leave the others waiting forever at a barrier.
+HEARTBEAT_TIMEOUT_S = 30
+INIT_TIMEOUT_S = 120
+
+
+def _from_env(value, key: str, cast=str):
+    if value is not None:
+        return value
+    raw = os.environ.get(_ENV[key])
+    if raw in (None, ""):
+        return None
+    try:
+        return cast(raw)
+    except ValueError:
+        raise UserError(f"{_ENV[key]}={raw!r} is not valid; set it to a {cast.__name__}") from None
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
+    """Initialise ``jax.distributed`` if asked to; a no-op for single-process runs."""
+    coordinator = _from_env(coordinator, "coordinator")
+    num_processes = _from_env(num_processes, "num_processes", int)
+    process_id = _from_env(process_id, "process_id", int)
+    explicit = [coordinator, num_processes, process_id]
+    if not auto and all(v is None for v in explicit):
+        return
+    if not auto and any(v is None for v in explicit):
+        raise UserError(
+            "multi-process runs need --coordinator, --num-processes and --process-id together "
+            "(or --distributed for cluster auto-detection)"
+        )
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise UserError(f"--process-id {process_id} is outside 0..{num_processes - 1}")
+    import jax
+
+    if _on_cpu():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=INIT_TIMEOUT_S,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+    )
+    log(f"joined {jax.process_count()} processes; {jax.local_device_count()} local devices")
+
+
+def _on_cpu() -> bool:
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0] == "cpu"
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def is_primary() -> bool:
+    """Process 0 alone writes metrics, manifests, events and exports."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+    """A stderr line prefixed with the process index when there are several processes."""
+    import jax
+
+    prefix = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
+    print(f"{prefix}{message}", file=sys.stderr, flush=True)

@@ -1,0 +1,47 @@
+"""``mlm-jax report``: a run's curves (loss, accuracy, learning rate, throughput) in one PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlm_jax.errors import UserError
+from mlm_jax.metrics import read_metrics
+
+_PANELS = (
+    ("loss", ("train/loss", "eval/loss")),
+    ("MLM accuracy", ("train/mlm_accuracy", "eval/mlm_accuracy")),
+    ("learning rate", ("train/learning_rate",)),
+    ("tokens / s", ("perf/tokens_per_s",)),
+)
+
+
+def plot_run(workdir: str | os.PathLike, out: str | None = None) -> Path:
+    """Draw the curves of ``workdir/metrics.jsonl`` into ``out`` (default WORKDIR/report.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(workdir)
+    if not records:
+        raise UserError(f"no metrics.jsonl in {str(workdir)!r}; train first or check the path")
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for axis, (title, names) in zip(axes.flat, _PANELS, strict=True):
+        for name in names:
+            points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
+            if points:
+                steps, values = zip(*points, strict=True)
+                axis.plot(steps, values, label=name, marker="." if name.startswith("eval") else "")
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=8)
+    figure.suptitle(str(Path(workdir).resolve().name))
+    figure.tight_layout()
+    target = Path(out) if out else Path(workdir) / "report.png"
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    print(f"wrote {target}")
+    return target

