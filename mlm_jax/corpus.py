@@ -1,0 +1,345 @@
+"""Text corpora as TFDS datasets in ArrayRecord files, built and read without TensorFlow.
+
+``prepare`` turns local text (anything :mod:`mlm_jax.sources` reads) into a TFDS
+dataset with ``train`` and ``validation`` splits and one feature, ``text`` (plus
+``doc_id``, the document's position in the inputs). A document goes to
+validation when the sha256 of its text falls below ``valid_fraction``, so the
+split is stable when documents are added or reordered, and duplicates never
+straddle the two splits.
+
+Layout of a prepared directory ``OUT``::
+
+    OUT/meta.json                      what was read and how (see ``prepare``)
+    OUT/mlm_jax_corpus/1.0.0/...       the TFDS builder directory (ArrayRecord shards)
+
+``open_split`` opens a split for a config: a directory made by ``prepare``, or any
+TFDS dataset already prepared as ArrayRecord in ``data.data_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlm_jax import sources
+from mlm_jax.errors import UserError
+
+BUILDER_NAME = "mlm_jax_corpus"
+BUILDER_VERSION = "1.0.0"
+META_FILE = "meta.json"
+_HASH_SCALE = float(1 << 64)
+
+
+def validation_score(text: str) -> float:
+    """A stable number in [0, 1) from the text; below ``valid_fraction`` means validation."""
+    digest = hashlib.sha256(text.encode("utf-8", errors="replace")).digest()
+    return int.from_bytes(digest[:8], "big") / _HASH_SCALE
+
+
+def _clean(text: str) -> tuple[str, bool]:
+    """Text TFDS can store: lone surrogates (possible from JSON escapes) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="replace").decode("utf-8"), True
+
+
+def _builder_class():
+    """Define the builder lazily: importing TFDS costs a second the CLI should not always pay."""
+    global _BUILDER_CLASS
+    if _BUILDER_CLASS is not None:
+        return _BUILDER_CLASS
+    import tensorflow_datasets as tfds
+
+    class MlmJaxCorpus(tfds.core.GeneratorBasedBuilder):
+        """Documents of local text files; ``train``/``validation`` split by text hash."""
+
+        VERSION = tfds.core.Version(BUILDER_VERSION)
+        RELEASE_NOTES = {BUILDER_VERSION: "Documents from mlm_jax.sources, split by sha256."}
+        # No checksums or metadata files live beside this code; without this TFDS
+        # probes the package resources and needs the optional importlib_resources.
+        code_path = None
+
+        def __init__(
+            self, *, inputs=(), text_field="text", valid_fraction=0.01, splits=(), **kwargs
+        ):
+            self._inputs = list(inputs)
+            self._splits = tuple(splits)
+            self._text_field = text_field
+            self._valid_fraction = valid_fraction
+            self.read_stats: dict[str, sources.ReadStats] = {}
+            super().__init__(**kwargs)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description="Text documents prepared by `mlm-jax data prepare`.",
+                features=tfds.features.FeaturesDict(
+                    {"text": tfds.features.Text(), "doc_id": np.int64}
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            # TFDS refuses to write a split without examples, so empty ones are left out.
+            return {split: self._generate_examples(split) for split in self._splits}
+
+        def _generate_examples(self, split):
+            stats = self.read_stats.setdefault(split, sources.ReadStats())
+            documents = sources.iter_documents(self._inputs, self._text_field, stats)
+            for doc_id, text in enumerate(documents):
+                in_validation = validation_score(text) < self._valid_fraction
+                if in_validation == (split == "validation"):
+                    text, replaced = _clean(text)
+                    stats.undecodable_lines += replaced
+                    yield doc_id, {"text": text, "doc_id": doc_id}
+
+    _BUILDER_CLASS = MlmJaxCorpus
+    return MlmJaxCorpus
+
+
+_BUILDER_CLASS = None
+
+
+def _same_request(meta: dict, request: dict) -> bool:
+    return all(meta.get(key) == value for key, value in request.items())
+
+
+def _check_existing(out: Path, request: dict, force: bool) -> dict | None:
+    """The existing meta when OUT already holds this request; raise if it holds another."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a directory path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    meta_path = out / META_FILE
+    meta = None
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = None
+    if meta is not None and _same_request(meta, request) and not force:
+        return meta
+    if not force:
+        what = "a dataset of other inputs or options" if meta else "other files"
+        raise UserError(
+            f"--out {str(out)!r} already holds {what}; choose another directory or pass --force "
+            "to replace it"
+        )
+    return None
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished staging dir to OUT; an existing OUT is retired only after."""
+    if out.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, retired / out.name)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def _count_splits(inputs: list[str], text_field: str, valid_fraction: float) -> dict[str, int]:
+    """Documents per split, from a quick pass that only hashes."""
+    counts = {"train": 0, "validation": 0}
+    for text in sources.iter_documents(inputs, text_field):
+        counts["validation" if validation_score(text) < valid_fraction else "train"] += 1
+    return counts
+
+
+def _build(staging: Path, inputs: list[str], text_field: str, valid_fraction: float, splits):
+    import tensorflow_datasets as tfds
+
+    builder = _builder_class()(
+        inputs=inputs,
+        text_field=text_field,
+        valid_fraction=valid_fraction,
+        splits=splits,
+        data_dir=str(staging),
+        file_format="array_record",
+    )
+    tfds.disable_progress_bar()
+    builder.download_and_prepare(
+        download_dir=str(staging / "downloads"),
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    )
+    shutil.rmtree(staging / "downloads", ignore_errors=True)
+    return builder
+
+
+def prepare(
+    inputs: list[str],
+    out: str,
+    valid_fraction: float = 0.01,
+    force: bool = False,
+    text_field: str = "text",
+) -> dict:
+    """Write the inputs as a TFDS ArrayRecord dataset plus ``meta.json`` into ``out``.
+
+    Atomic: built in a temporary sibling of ``out`` and renamed into place, so a
+    failure never leaves a half-written dataset or damages an existing one.
+    Rerunning with the same inputs and options returns the existing meta
+    (with ``"reused": True``) without writing anything.
+    """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise UserError(f"--valid-fraction {valid_fraction} must be in [0, 1); e.g. 0.01")
+    out_path = Path(out).expanduser().absolute()
+    request = {
+        "input_fingerprint": sources.fingerprint(inputs),
+        "valid_fraction": valid_fraction,
+        "text_field": text_field,
+    }
+    existing = _check_existing(out_path, request, force)
+    if existing is not None:
+        print(f"{out_path} already holds this dataset; nothing to do", file=sys.stderr)
+        return {**existing, "reused": True}
+    counts = _count_splits(inputs, text_field, valid_fraction)
+    if not any(counts.values()):
+        raise UserError(f"the inputs {inputs} hold no documents; pass a non-empty corpus")
+    if not counts["train"]:
+        raise UserError(
+            f"all {counts['validation']} documents fell into validation; lower --valid-fraction "
+            "or add text"
+        )
+    if not counts["validation"] and valid_fraction > 0:
+        print("warning: no document fell into validation; add text for one", file=sys.stderr)
+    nonempty = [split for split, count in counts.items() if count]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    try:
+        builder = _build(staging, inputs, text_field, valid_fraction, nonempty)
+        stats = builder.read_stats["train"]
+        splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+        meta = {
+            **request,
+            "inputs": list(inputs),
+            "splits": splits,
+            "documents": stats.documents,
+            "characters": stats.characters,
+            "undecodable_lines": stats.undecodable_lines,
+            "skipped_json_lines": stats.skipped_json_lines,
+            "tfds_name": BUILDER_NAME,
+            "tfds_version": BUILDER_VERSION,
+            "builder_dir": os.path.relpath(builder.data_dir, staging),
+        }
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        staging.chmod(0o755)
+        _swap_into_place(staging, out_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {out_path}: {splits} ({stats.summary()})", file=sys.stderr)
+    return {**meta, "reused": False}
+
+
+class TextRecords:
+    """Random access to the texts of one split; picklable, opened lazily in each process.
+
+    Grain worker processes receive this object pickled and open the ArrayRecord
+    files themselves.
+    """
+
+    def __init__(self, location: dict[str, Any], split: str, feature: str, size: int):
+        self.location = location
+        self.split = split
+        self.feature = feature
+        self._size = size
+        self._source = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_source": None}
+
+    def _open(self):
+        if self._source is None:
+            self._source = _load_builder(self.location).as_data_source(split=self.split)
+        return self._source
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: int) -> str:
+        value = self._open()[int(index)][self.feature]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def __repr__(self) -> str:
+        return f"TextRecords({self.location}, split={self.split!r}, feature={self.feature!r})"
+
+
+def _load_builder(location: dict[str, Any]):
+    import tensorflow_datasets as tfds
+
+    if "builder_dir" in location:
+        return tfds.builder_from_directory(location["builder_dir"])
+    return tfds.builder(location["name"], data_dir=location["data_dir"])
+
+
+def _location(source: str, data_dir: str | None) -> dict[str, Any]:
+    """Where the TFDS builder lives, from ``data.source`` and ``data.data_dir``."""
+    if data_dir:
+        if not Path(data_dir).is_dir():
+            raise UserError(f"data.data_dir {data_dir!r} does not exist; point at a TFDS data_dir")
+        return {"name": source, "data_dir": data_dir}
+    directory = Path(source)
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise UserError(
+            f"data.source {source!r} is not a prepared dataset (no {META_FILE}); run "
+            "`mlm-jax data prepare --input ... --out DIR`, or set data.data_dir for a TFDS name"
+        )
+    meta = json.loads(meta_path.read_text())
+    return {"builder_dir": str(directory / meta["builder_dir"])}
+
+
+def open_split(
+    source: str, split: str, data_dir: str | None = None, feature: str = "text"
+) -> TextRecords:
+    """Open one split of a prepared directory, or of TFDS dataset ``source`` in ``data_dir``."""
+    location = _location(source, data_dir)
+    try:
+        builder = _load_builder(location)
+    except UserError:
+        raise
+    except Exception as exc:  # TFDS raises many types for "not there"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot open TFDS dataset {source!r} in {data_dir!r} ({reason}); prepare it as "
+            "ArrayRecord there first"
+        ) from None
+    splits = builder.info.splits
+    if split not in splits:
+        raise UserError(
+            f"dataset {source!r} has no split {split!r} (it has {sorted(splits)}); "
+            "fix data.train_split / data.eval_split"
+        )
+    features = builder.info.features
+    if feature not in features:
+        raise UserError(
+            f"dataset {source!r} has no feature {feature!r} (it has {sorted(features)}); "
+            "set data.text_feature"
+        )
+    if builder.info.file_format is None or builder.info.file_format.value != "array_record":
+        raise UserError(
+            f"dataset {source!r} is not stored as ArrayRecord; re-prepare it with "
+            "file_format=array_record"
+        )
+    size = splits[split].num_examples
+    if size == 0:
+        raise UserError(
+            f"split {split!r} of {source!r} is empty; prepare it from more text "
+            "(or with a larger --valid-fraction for validation)"
+        )
+    return TextRecords(location, split, feature, size)
+
+
+def open_config_split(config, split: str) -> TextRecords:
+    """The split named ``split`` of the dataset a config points at."""
+    data = config.data
+    return open_split(data.source, split, data.data_dir, data.text_feature)
