@@ -150,16 +150,23 @@ def attention(q, k, v, mask, *, dtype, dropout_rate: float, key: jax.Array | Non
 
     ``jax.nn.dot_product_attention`` (cuDNN flash on GPU) has no dropout on the
     probabilities, so training with attention dropout takes the explicit path;
-    both compute the same function (tested at rate 0).
+    both compute the same function (tested at rate 0). Returns float32.
     """
     q, k, v = (t.astype(dtype) for t in (q, k, v))
     if key is None or dropout_rate == 0.0:
         return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(jnp.float32)
+    return attention_with_dropout(q, k, v, mask, dropout_rate, key)
+
+
+def attention_with_dropout(q, k, v, mask, dropout_rate: float, key: jax.Array | None):
+    """The explicit softmax path, with dropout on the attention probabilities."""
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = _dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # [B, H, L, L]
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v, preferred_element_type=jnp.float32)
+    return jnp.einsum(
+        "bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
 
 
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:

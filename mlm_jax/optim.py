@@ -51,10 +51,8 @@ def make_optimizer(config: Config) -> tuple[optax.GradientTransformation, optax.
     o = config.optim
     schedule = make_schedule(config)
     common = dict(b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
-    if o.name == "lamb":
-        tx = optax.lamb(schedule, **common)
-    else:
-        tx = optax.adamw(schedule, **common)
+    make = optax.lamb if o.name == "lamb" else optax.adamw
+    tx = make(schedule, **common)
     if o.clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
     return tx, schedule
