@@ -148,8 +148,27 @@ class Checkpointer:
 
         ``abstract_state`` is the train state's pytree with ``jax.ShapeDtypeStruct`` leaves
         carrying the current mesh's ``NamedSharding``. Returns ``(state, data_state, extra)``.
-        Raises UserError if the checkpoint's tree or shapes differ from ``abstract_state``.
+        Raises UserError if the step is missing or unreadable, or if its tree or shapes differ
+        from ``abstract_state``.
         """
+        steps = self.all_steps()
+        if step not in steps:
+            raise UserError(
+                f"no checkpoint at step {step} in {self.directory} (saved steps: {steps}); "
+                "pick one of the saved steps"
+            )
+        try:
+            return self._read(step, abstract_state)
+        except UserError:
+            raise
+        except Exception as exc:  # Orbax and TensorStore raise many types
+            raise UserError(
+                f"checkpoint at step {step} in {self.directory} cannot be read "
+                f"({_describe(exc)}); pick another step"
+            ) from exc
+
+    def _read(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """:meth:`restore` without the friendly errors: damage raises what Orbax raises."""
         self._check_matches(step, abstract_state)
         restored = self._manager.restore(
             step,
@@ -174,11 +193,11 @@ class Checkpointer:
         damaged: list[tuple[int, str]] = []
         for step in reversed(steps):
             try:
-                state, data_state, extra = self.restore(step, abstract_state)
+                state, data_state, extra = self._read(step, abstract_state)
             except UserError:
                 raise
             except Exception as exc:  # Orbax and TensorStore raise many types
-                damaged.append((step, f"{type(exc).__name__}: {_first_line(exc)}"))
+                damaged.append((step, _describe(exc)))
                 continue
             self._set_aside(damaged, restored_step=step)
             return step, state, data_state, extra
@@ -315,9 +334,17 @@ def _path_name(path: tuple[Any, ...]) -> str:
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
-    """Leaf path -> shape, for a tree of arrays, ShapeDtypeStructs or Orbax metadata."""
+    """Leaf path -> stored shape, for a tree of arrays, ShapeDtypeStructs or Orbax metadata."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_name(path): tuple(np.shape(leaf)) for path, leaf in leaves}
+    return {_path_name(path): _stored_shape(leaf) for path, leaf in leaves}
+
+
+def _stored_shape(leaf: Any) -> tuple[int, ...]:
+    """Shape as written to disk: a typed PRNG key is stored as its key data (e.g. [..., 2])."""
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+    return tuple(np.shape(leaf))
 
 
 def _describe_difference(
@@ -334,9 +361,11 @@ def _describe_difference(
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
+    """``ValueError: NOT_FOUND: ...``: the type and the start of the first line."""
     text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else ""
+    first_line = text.splitlines()[0][:160] if text else ""
+    return f"{type(exc).__name__}: {first_line}"
 
 
 def _sync_processes(name: str) -> None:

@@ -33,6 +33,7 @@ def make_state(mesh, seed=0, rows=64):
         "params": {"w": jax.device_put(weights, NamedSharding(mesh, P("fsdp", "tensor")))},
         "step": jax.device_put(jnp.int32(seed), NamedSharding(mesh, P())),
         "rng": jax.random.key_data(jax.random.key(seed + 100)),
+        "dropout_key": jax.random.key(seed + 200),  # a typed key is stored as its key data
     }
 
 
@@ -48,6 +49,9 @@ def abstract(state, mesh, weight_spec=P("fsdp", "tensor")):
 
 def assert_same_values(restored, expected):
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(expected), strict=True):
+        assert got.dtype == want.dtype
+        if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -160,6 +164,11 @@ def test_no_readable_checkpoint_is_a_user_error_and_moves_nothing(tmp_path, mesh
     ):
         ckpt.restore_latest(abstract(make_state(mesh), mesh))
     assert sorted(os.listdir(tmp_path / "checkpoints"))[0] == "1"
+    with checkpoint.Checkpointer(tmp_path, config) as ckpt:
+        with pytest.raises(UserError, match="checkpoint at step 1 .* cannot be read"):
+            ckpt.restore(1, abstract(make_state(mesh), mesh))
+        with pytest.raises(UserError, match=r"no checkpoint at step 3 .*saved steps: \[1\]"):
+            ckpt.restore(3, abstract(make_state(mesh), mesh))
 
 
 def test_mismatched_model_is_refused(tmp_path, mesh):
