@@ -4,6 +4,7 @@ import glob
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from mlm_jax import config as config_lib
 from mlm_jax.errors import UserError
 
 AXES = ("data", "fsdp", "tensor")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_config(**train):
@@ -219,7 +221,7 @@ def test_save_killed_midway_is_never_restored(tmp_path, mesh):
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=REPO_ROOT,
         text=True,
     )
     try:
@@ -246,3 +248,69 @@ def test_save_killed_midway_is_never_restored(tmp_path, mesh):
     assert json.loads((tmp_path / "checkpoints" / "2" / "data" / "metadata").read_text()) == {
         "step": 2
     }
+
+
+TWO_PROCESS_ROUND_TRIP = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+    from mlm_jax import checkpoint, config
+    every_step = config.from_dict({"train": {"checkpoint_every": 1}})
+    expected = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
+
+    def global_array(mesh, spec):
+        sharding = NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(expected.shape, sharding, lambda i: expected[i])
+
+    mesh = jax.make_mesh((2, 2, 1), ("data", "fsdp", "tensor"))
+    ckpt = checkpoint.Checkpointer(sys.argv[1], every_step)
+    ckpt.save(1, {"w": global_array(mesh, P("data", "fsdp"))}, {"rows": 5}, {"p": 1})
+    ckpt.close()
+
+    other = jax.make_mesh((4, 1, 1), ("data", "fsdp", "tensor"))
+    sharding = NamedSharding(other, P(None, "data"))
+    ckpt = checkpoint.Checkpointer(sys.argv[1], every_step)
+    target = {"w": jax.ShapeDtypeStruct(expected.shape, jnp.float32, sharding=sharding)}
+    step, state, data_state, extra = ckpt.restore_latest(target)
+    assert (step, data_state, extra) == (1, {"rows": 5}, {"p": 1})
+    assert state["w"].sharding == sharding
+    for shard in state["w"].addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), expected[shard.index])
+    ckpt.close()
+    print("ok", jax.process_index(), flush=True)
+    """
+)
+
+
+def test_two_processes_save_and_restore_onto_another_layout(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                TWO_PROCESS_ROUND_TRIP,
+                str(tmp_path),
+                f"127.0.0.1:{port}",
+                str(process_id),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            cwd=REPO_ROOT,
+        )  # fmt: skip
+        for process_id in (0, 1)
+    ]
+    outputs = [child.communicate(timeout=120) for child in children]
+    for process_id, (child, (out, err)) in enumerate(zip(children, outputs, strict=True)):
+        assert child.returncode == 0, err[-2000:]
+        assert out.strip().splitlines()[-1] == f"ok {process_id}"
+    data_item = tmp_path / "checkpoints" / "1" / "data"
+    assert json.loads((data_item / "metadata").read_text()) == {"rows": 5}
