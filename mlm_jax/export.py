@@ -1,0 +1,758 @@
+"""Hugging Face interop: export a run as a ``transformers`` model directory, import HF BERTs.
+
+An export directory holds ``config.json`` + ``model.safetensors`` (``BertForMaskedLM`` or
+``ModernBertForMaskedLM`` tensors, no pickle), tokenizer files that ``AutoTokenizer``
+loads into the same ids as ours, ``mlm_jax.json`` (the resolved config and run manifest),
+and a copy of ``spm.model``/``meta.json`` so our own tokenizer loads from it too.
+
+Tensor naming follows the table in :mod:`mlm_jax.model`. Our kernels are ``[in, *out]``;
+torch ``Linear.weight`` is ``[out, in]``. The vocabulary axis is padded to a multiple of
+128 inside the model; exports hold ``model.vocab_size`` rows and imports pad them back.
+Tied copies (``cls.predictions.decoder.weight``, ``decoder.weight``) are not written, as
+``save_pretrained`` does not write them: ``tie_word_embeddings`` restores them on load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mlm_jax import tokenizer as tokenizer_lib
+from mlm_jax.config import Config, ModelConfig
+from mlm_jax.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+VERIFY_TOLERANCE = 1e-4
+VERIFY_SENTENCES = (
+    "To be, or not to be: that is the question.",
+    "The king [MASK] the crown upon his head, and spoke.",
+    "Naïve café déjà vu — «quoted» text, 12345 digits   and  extra   spaces.",
+    "Emoji 🙂 and 数字 fall back to bytes.",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_OUR_TOKENIZER_FILES = ("spm.model", "meta.json")
+# Tensors of HF checkpoints that an MLM encoder does not use.
+_IGNORED_HF_PREFIXES = ("bert.pooler.", "pooler.", "cls.seq_relationship.")
+_IGNORED_HF_SUFFIXES = ("position_ids",)
+
+# ----------------------------------------------------------------------------- tensor names
+
+# Kinds of leaves: "kernel" (transposed to torch [out, in]), "plain" (same array),
+# "vocab" (first axis cut to model.vocab_size on export, zero-padded on import).
+
+
+def _dense(ours: tuple, hf: str) -> list[tuple[tuple, str, str]]:
+    return [
+        (ours + ("kernel",), f"{hf}.weight", "kernel"),
+        (ours + ("bias",), f"{hf}.bias", "plain"),
+    ]
+
+
+def _norm(ours: tuple, hf: str) -> list[tuple[tuple, str, str]]:
+    return [(ours + ("scale",), f"{hf}.weight", "plain"), (ours + ("bias",), f"{hf}.bias", "plain")]
+
+
+def _bert_names(cfg: ModelConfig) -> list[tuple[tuple, str, str]]:
+    e = "bert.embeddings"
+    names = [
+        (("embeddings", "word_embeddings"), f"{e}.word_embeddings.weight", "vocab"),
+        (("embeddings", "position_embeddings"), f"{e}.position_embeddings.weight", "plain"),
+        (("embeddings", "token_type_embeddings"), f"{e}.token_type_embeddings.weight", "plain"),
+        *_norm(("embeddings", "norm"), f"{e}.LayerNorm"),
+    ]
+    for n in range(cfg.num_layers):
+        hf = f"bert.encoder.layer.{n}"
+        names += [
+            *_dense(("layers", n, "query"), f"{hf}.attention.self.query"),
+            *_dense(("layers", n, "key"), f"{hf}.attention.self.key"),
+            *_dense(("layers", n, "value"), f"{hf}.attention.self.value"),
+            *_dense(("layers", n, "attention_output"), f"{hf}.attention.output.dense"),
+            *_norm(("layers", n, "attention_norm"), f"{hf}.attention.output.LayerNorm"),
+            *_dense(("layers", n, "intermediate"), f"{hf}.intermediate.dense"),
+            *_dense(("layers", n, "output"), f"{hf}.output.dense"),
+            *_norm(("layers", n, "output_norm"), f"{hf}.output.LayerNorm"),
+        ]
+    return names + [
+        *_dense(("head", "dense"), "cls.predictions.transform.dense"),
+        *_norm(("head", "norm"), "cls.predictions.transform.LayerNorm"),
+        (("head", "decoder_bias"), "cls.predictions.bias", "vocab"),
+    ]
+
+
+def _modern_names(cfg: ModelConfig) -> list[tuple[tuple, str, str]]:
+    names = [
+        (("embeddings", "tok_embeddings"), "model.embeddings.tok_embeddings.weight", "vocab"),
+        *_norm(("embeddings", "norm"), "model.embeddings.norm"),
+    ]
+    for n in range(cfg.num_layers):
+        hf = f"model.layers.{n}"
+        names += [
+            *_norm(("layers", n, "attn_norm"), f"{hf}.attn_norm"),
+            *_dense(("layers", n, "Wqkv"), f"{hf}.attn.Wqkv"),
+            *_dense(("layers", n, "Wo"), f"{hf}.attn.Wo"),
+            *_norm(("layers", n, "mlp_norm"), f"{hf}.mlp_norm"),
+            *_dense(("layers", n, "Wi"), f"{hf}.mlp.Wi"),
+            *_dense(("layers", n, "mlp_Wo"), f"{hf}.mlp.Wo"),
+        ]
+    return names + [
+        *_norm(("final_norm",), "model.final_norm"),
+        *_dense(("head", "dense"), "head.dense"),
+        *_norm(("head", "norm"), "head.norm"),
+        (("head", "decoder_bias"), "decoder.bias", "vocab"),
+    ]
+
+
+def _abstract_params(cfg: ModelConfig) -> nnx.State:
+    from mlm_jax.model import Encoder
+
+    return nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))[1]
+
+
+def _leaf_names(cfg: ModelConfig, abstract: nnx.State) -> dict[tuple, tuple[str, str]]:
+    """Our parameter path -> (HF tensor name, kind), for exactly the leaves the model has."""
+    table = _bert_names(cfg) if cfg.family == "bert" else _modern_names(cfg)
+    lookup = {ours: (hf, kind) for ours, hf, kind in table}
+    paths = [tuple(path) for path, _ in nnx.to_flat_state(abstract)]
+    unmapped = [path for path in paths if path not in lookup]
+    if unmapped:  # a model change that this table does not know: a bug, not a user error
+        raise AssertionError(f"parameters without a Hugging Face name: {unmapped}")
+    return {path: lookup[path] for path in paths}
+
+
+def _gather(params: Any) -> Any:
+    """Parameters as host numpy arrays; every process must call this (collective)."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, np.ndarray):
+            return x
+        if getattr(x, "is_fully_addressable", True):
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, params)
+
+
+def to_hf_state_dict(config: Config, params: nnx.State) -> dict[str, np.ndarray]:
+    """Our parameters -> HF ``*ForMaskedLM`` tensors (float32, vocab padding removed).
+
+    Gathers sharded parameters, so every process of a multi-host run must call it.
+    """
+    cfg = config.model
+    host = _gather(params)
+    names = _leaf_names(cfg, host)
+    tensors = {}
+    for path, var in nnx.to_flat_state(host):
+        hf_name, kind = names[tuple(path)]
+        value = np.asarray(var.get_value(), dtype=np.float32)
+        if kind == "kernel":
+            value = value.reshape(value.shape[0], -1).T
+        elif kind == "vocab":
+            value = value[: cfg.vocab_size]
+        tensors[hf_name] = np.ascontiguousarray(value)
+    return tensors
+
+
+def from_hf_state_dict(config: Config, tensors: dict[str, np.ndarray]) -> nnx.State:
+    """HF tensors (our export's names, tied copies optional) -> an ``nnx.State`` of numpy arrays.
+
+    Raises UserError naming the first missing tensor or wrong shape.
+    """
+    cfg = config.model
+    abstract = _abstract_params(cfg)
+    names = _leaf_names(cfg, abstract)
+    leaves = []
+    for path, var in nnx.to_flat_state(abstract):
+        hf_name, kind = names[tuple(path)]
+        shape = tuple(var.get_value().shape)
+        expected = _hf_shape(shape, kind, cfg.vocab_size)
+        if hf_name not in tensors:
+            raise UserError(
+                f"checkpoint lacks tensor {hf_name!r}; is it a {cfg.family} model "
+                "with these model.* settings?"
+            )
+        value = np.asarray(tensors[hf_name], dtype=np.float32)
+        if value.shape != expected:
+            raise UserError(
+                f"tensor {hf_name!r} has shape {value.shape}, the config expects {expected}; "
+                "set model.* to the checkpoint's values (see `hf_model_config`)"
+            )
+        if kind == "kernel":
+            value = value.T.reshape(shape)
+        elif kind == "vocab":
+            value = np.concatenate([value, np.zeros((shape[0] - value.shape[0], *shape[1:]))])
+        leaves.append((path, var.replace(np.ascontiguousarray(value, dtype=np.float32))))
+    return nnx.from_flat_state(leaves)
+
+
+def _hf_shape(shape: tuple[int, ...], kind: str, vocab_size: int) -> tuple[int, ...]:
+    if kind == "kernel":
+        return (int(np.prod(shape[1:])), shape[0])
+    if kind == "vocab":
+        return (vocab_size, *shape[1:])
+    return shape
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+def hf_config(config: Config) -> dict[str, Any]:
+    """``config.json`` of the matching ``transformers`` class, computing what our model does."""
+    m = config.model
+    common = {
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_heads,
+        "intermediate_size": m.intermediate_size,
+        "initializer_range": 0.02,
+        "pad_token_id": tokenizer_lib.PAD_ID,
+        "tie_word_embeddings": True,
+        "dtype": "float32",
+    }
+    if m.family == "bert":
+        return {
+            "architectures": ["BertForMaskedLM"],
+            "model_type": "bert",
+            **common,
+            "hidden_act": "gelu",  # exact erf GELU, as model._gelu
+            "hidden_dropout_prob": m.dropout_rate,
+            "attention_probs_dropout_prob": m.attention_dropout_rate,
+            "max_position_embeddings": m.max_position_embeddings,
+            "type_vocab_size": m.type_vocab_size,
+            "layer_norm_eps": m.layer_norm_eps,
+            "position_embedding_type": "absolute",
+            "is_decoder": False,
+            "add_cross_attention": False,
+            "classifier_dropout": None,
+        }
+    # Rotary has no table: any length works; announce at least the training length.
+    max_positions = max(m.max_position_embeddings, config.data.seq_len)
+    rope = {"rope_type": "default", "rope_theta": m.rope_theta}
+    return {
+        "architectures": ["ModernBertForMaskedLM"],
+        "model_type": "modernbert",
+        **common,
+        "hidden_activation": "gelu",
+        "classifier_activation": "gelu",  # the MLM head's transform activation
+        "max_position_embeddings": max_positions,
+        "norm_eps": m.layer_norm_eps,
+        "norm_bias": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "classifier_bias": False,  # head.dense has no bias
+        "decoder_bias": True,
+        "embedding_dropout": m.dropout_rate,
+        "attention_dropout": m.attention_dropout_rate,
+        "mlp_dropout": m.dropout_rate,
+        "classifier_dropout": 0.0,
+        "classifier_pooling": "cls",
+        # Every layer is global: our model has no sliding-window attention.
+        "layer_types": ["full_attention"] * m.num_layers,
+        "global_attn_every_n_layers": 1,
+        "local_attention": max_positions + max_positions % 2,
+        "rope_parameters": {"full_attention": dict(rope), "sliding_attention": dict(rope)},
+        "global_rope_theta": m.rope_theta,  # transformers 4.x reads these two
+        "local_rope_theta": m.rope_theta,
+        "initializer_cutoff_factor": 2.0,
+        "cls_token_id": tokenizer_lib.CLS_ID,
+        "sep_token_id": tokenizer_lib.SEP_ID,
+        "bos_token_id": tokenizer_lib.CLS_ID,
+        "eos_token_id": tokenizer_lib.SEP_ID,
+        "sparse_prediction": False,
+        "deterministic_flash_attn": False,
+    }
+
+
+# ----------------------------------------------------------------------------- tokenizer files
+
+
+def hf_tokenizer_files(tokenizer_dir: str | os.PathLike, config: Config) -> dict[str, bytes]:
+    """Tokenizer files for ``AutoTokenizer``: converted from ``spm.model``, or copied."""
+    directory = Path(tokenizer_dir)
+    if not (directory / "spm.model").is_file():
+        tokenizer_lib.load(directory)  # raises the usual UserError when there is none
+        files = {name: (directory / name).read_bytes() for name in os.listdir(directory)}
+        files = {k: v for k, v in files.items() if k.endswith((".json", ".txt"))}
+        if "tokenizer_config.json" not in files:
+            files["tokenizer_config.json"] = _json_bytes(_tokenizer_config(config))
+        return files
+    backend = sentencepiece_to_tokenizers(directory / "spm.model")
+    files = {
+        "tokenizer.json": backend.to_str(pretty=True).encode(),
+        "tokenizer_config.json": _json_bytes(_tokenizer_config(config)),
+        "special_tokens_map.json": _json_bytes(
+            {_SPECIAL_KEYS[token]: _added_token_dict(token) for token in _SPECIAL_KEYS}
+        ),
+    }
+    for name in _OUR_TOKENIZER_FILES:  # so mlm_jax's own loader reads the export too
+        files[name] = (directory / name).read_bytes()
+    return files
+
+
+_SPECIAL_KEYS = {
+    "[PAD]": "pad_token",
+    "[UNK]": "unk_token",
+    "[CLS]": "cls_token",
+    "[SEP]": "sep_token",
+    "[MASK]": "mask_token",
+}
+
+
+def _added_token_dict(token: str) -> dict[str, Any]:
+    # lstrip: "of [MASK] is" swallows the space before [MASK], as encode_with_specials does.
+    return {
+        "content": token,
+        "lstrip": True,
+        "rstrip": False,
+        "normalized": False,
+        "single_word": False,
+        "special": True,
+    }
+
+
+def _tokenizer_config(config: Config) -> dict[str, Any]:
+    inputs = ["input_ids", "attention_mask"]
+    if config.model.family == "bert":
+        inputs.insert(1, "token_type_ids")
+    ids = dict(zip(tokenizer_lib.SPECIAL_TOKENS, range(5), strict=True))
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": hf_config(config)["max_position_embeddings"],
+        "model_input_names": inputs,
+        "clean_up_tokenization_spaces": False,
+        **{key: token for token, key in _SPECIAL_KEYS.items()},
+        "added_tokens_decoder": {str(ids[t]): _added_token_dict(t) for t in _SPECIAL_KEYS},
+    }
+
+
+def sentencepiece_to_tokenizers(model_path: str | os.PathLike):
+    """A ``tokenizers.Tokenizer`` that gives SentencePiece's ids, with our special tokens.
+
+    Follows the model's own normalizer spec, as ``SentencePieceProcessor.encode`` does:
+    the precompiled NFKC(-casefold) map, extra-whitespace removal, whitespace as "▁" and
+    a dummy "▁" prefix on every text between special tokens ("always": we encode each
+    such chunk separately); byte fallback for characters outside the vocabulary; the
+    five special tokens split out before normalization; ``[CLS] $A [SEP]`` added.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import BPE, Unigram
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_path).read_bytes())
+    trainer, spec = proto.trainer_spec, proto.normalizer_spec
+    pieces = [(piece.piece, piece.score) for piece in proto.pieces]
+    byte_fallback = trainer.byte_fallback
+    if trainer.model_type == 1:  # unigram
+        model = Unigram(pieces, unk_id=trainer.unk_id, byte_fallback=byte_fallback)
+    elif trainer.model_type == 2:  # bpe: merges ranked by the score of the merged piece
+        vocab = {piece: index for index, (piece, _) in enumerate(pieces)}
+        normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == 1}
+        ranked = sorted(
+            (-score, index, piece[:cut], piece[cut:])
+            for piece, (score, index) in normal.items()
+            for cut in range(1, len(piece))
+            if piece[:cut] in normal and piece[cut:] in normal
+        )
+        merges = [(left, right) for _, _, left, right in ranked]
+        model = BPE(
+            vocab, merges, unk_token=trainer.unk_piece, fuse_unk=True, byte_fallback=byte_fallback
+        )
+    else:
+        raise UserError(
+            f"{model_path} is a SentencePiece model of type {trainer.model_type}; "
+            "only unigram and bpe convert to Hugging Face, retrain with one of them"
+        )
+    backend = HFTokenizer(model)
+    steps = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:  # only spaces: SentencePiece leaves newlines alone
+        steps += [
+            normalizers.Replace(Regex(r"\A +| +\z"), ""),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    if spec.add_dummy_prefix:
+        # Metaspace skips the prefix when the text already starts with "▁"; SentencePiece doesn't.
+        steps.append(normalizers.Replace(Regex(r"\A▁"), "▁▁"))
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="always", split=False
+        )
+    backend.normalizer = normalizers.Sequence(steps)
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        + ([decoders.Strip(content=" ", left=1)] if spec.add_dummy_prefix else [])
+    )
+    backend.add_special_tokens(
+        [
+            AddedToken(token, lstrip=True, rstrip=False, normalized=False, special=True)
+            for token in tokenizer_lib.SPECIAL_TOKENS
+        ]
+    )
+    cls, sep = ("[CLS]", tokenizer_lib.CLS_ID), ("[SEP]", tokenizer_lib.SEP_ID)
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[cls, sep]
+    )
+    return backend
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_run(
+    workdir: str | os.PathLike,
+    out: str | os.PathLike,
+    step: int | None = None,
+    force: bool = False,
+    verify: bool = True,
+) -> Path:
+    """Write a run's checkpoint as a Hugging Face directory ``out``; returns its path.
+
+    Every process takes part (the parameters are gathered); process 0 alone writes.
+    ``out`` appears complete or not at all. With ``verify`` (and torch + transformers
+    installed), the written directory is loaded with ``AutoModelForMaskedLM`` and its
+    logits and tokenizer ids are compared with ours; a mismatch raises RuntimeError.
+    """
+    from mlm_jax import distributed, train
+
+    out = Path(out)
+    _check_out(out, force)
+    config, _, params = train.load_run_params(str(workdir), step=step)
+    host_params = _gather(params)
+    if jax.process_index() == 0:
+        manifest_path = Path(workdir) / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+        write_export(config, host_params, out, manifest=manifest, force=force)
+        distributed.log(f"wrote {out} ({config.model.family}, step {step or 'latest'})")
+        if verify:
+            print(verify_export(out, config, host_params))
+    _barrier("mlm_jax_export")
+    return out
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse a non-empty ``out`` without force; decided by process 0 for all processes."""
+    problem = ""
+    if jax.process_index() == 0:
+        if out.exists() and not out.is_dir():
+            problem = f"--out {str(out)!r} is a file; give a directory path"
+        elif out.is_dir() and any(out.iterdir()) and not force:
+            problem = f"--out {str(out)!r} is not empty; pass --force to replace it"
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flag = multihost_utils.broadcast_one_to_all(np.int32(bool(problem)))
+        if int(flag) and not problem:
+            problem = f"process 0 refused --out {str(out)!r}; see its message"
+    if problem:
+        raise UserError(problem)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def write_export(
+    config: Config,
+    params: nnx.State,
+    out: str | os.PathLike,
+    manifest: dict | None = None,
+    force: bool = False,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors``, tokenizer files and ``mlm_jax.json``.
+
+    Staged in a temporary sibling directory and renamed into place.
+    """
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    _check_out(out, force)
+    tensors = to_hf_state_dict(config, params)
+    files = hf_tokenizer_files(config.data.tokenizer, config)
+    files["config.json"] = _json_bytes(hf_config(config))
+    files["mlm_jax.json"] = _json_bytes(
+        {"config": config.model_dump(mode="json"), "manifest": manifest}
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging.chmod(0o755)
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        if out.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, retired / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def verify_export(out: str | os.PathLike, config: Config, params: nnx.State) -> str:
+    """Compare ``transformers``' logits and tokens on ``out`` with our model's; one-line result."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return "export verification skipped: torch and transformers are not installed"
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    ours = tokenizer_lib.load(out if (Path(out) / "spm.model").is_file() else config.data.tokenizer)
+    rows = [
+        [ours.cls_id, *ours.encode_with_specials(text).tolist(), ours.sep_id]
+        for text in VERIFY_SENTENCES
+    ]
+    encoded = hf_tokenizer(list(VERIFY_SENTENCES), padding=True, return_tensors="np")
+    for text, row, ids, mask in zip(
+        VERIFY_SENTENCES, rows, encoded["input_ids"], encoded["attention_mask"], strict=True
+    ):
+        if ids[mask.astype(bool)].tolist() != row:
+            raise RuntimeError(f"AutoTokenizer ids differ from ours on {text!r}")
+    model = transformers.AutoModelForMaskedLM.from_pretrained(str(out), dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in encoded.items()}
+        theirs = model(**inputs).logits.numpy()
+    mask = encoded["attention_mask"].astype(bool)
+    mine = our_logits(config, params, encoded["input_ids"], mask)
+    delta = float(np.abs(theirs - mine)[mask].max())
+    tokens = int(mask.sum())
+    if not delta <= VERIFY_TOLERANCE:
+        raise RuntimeError(
+            f"exported model disagrees with ours: max |Δlogit| = {delta:.3g} over {tokens} "
+            f"tokens > {VERIFY_TOLERANCE} (transformers {transformers.__version__})"
+        )
+    return (
+        f"export verified: max |Δlogit| = {delta:.2g} over {tokens} tokens "
+        f"(transformers {transformers.__version__})"
+    )
+
+
+def our_logits(
+    config: Config, params: nnx.State, input_ids: np.ndarray, attention_mask: np.ndarray
+) -> np.ndarray:
+    """Our float32, dropout-free MLM logits ``[B, L, vocab_size]`` for padded rows."""
+    from mlm_jax.model import Encoder
+
+    cfg = config.model.model_copy(update={"dtype": "float32"})
+    graphdef = nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))[0]
+    input_ids = np.asarray(input_ids, np.int32)
+    segment_ids = np.asarray(attention_mask, np.int32)  # one document per row; 0 = padding
+    positions = np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int32), input_ids.shape)
+
+    @jax.jit
+    def forward(state, ids, segments, pos):
+        return nnx.merge(graphdef, state).full_logits(ids, segments, pos)
+
+    logits = forward(_gather(params), input_ids, segment_ids, positions)
+    return np.asarray(logits)[..., : cfg.vocab_size]
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _read_hf_config(path: Path) -> dict[str, Any]:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UserError(
+            f"{str(path)!r} has no config.json; point model.init_from at a Hugging Face "
+            "model directory (hf:PATH)"
+        )
+    return json.loads(config_path.read_text())
+
+
+def hf_model_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``model.*`` config values that match the HF checkpoint at ``path``."""
+    path = Path(path)
+    hf = _read_hf_config(path)
+    kind = hf.get("model_type")
+    if kind == "bert":
+        if hf.get("hidden_act", "gelu") != "gelu":
+            raise UserError(
+                f"{path} uses hidden_act={hf['hidden_act']!r}; only exact 'gelu' BERTs import"
+            )
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise UserError(f"{path} uses relative positions; only absolute-position BERTs import")
+        return {
+            "family": "bert",
+            "num_layers": hf["num_hidden_layers"],
+            "hidden_size": hf["hidden_size"],
+            "num_heads": hf["num_attention_heads"],
+            "intermediate_size": hf["intermediate_size"],
+            "vocab_size": hf["vocab_size"],
+            "max_position_embeddings": hf["max_position_embeddings"],
+            "type_vocab_size": hf.get("type_vocab_size", 2),
+            "layer_norm_eps": hf.get("layer_norm_eps", 1e-12),
+        }
+    if kind == "modernbert":
+        return _modern_model_config(path, hf)
+    raise UserError(f"{path} holds a {kind!r} model; only bert and modernbert checkpoints import")
+
+
+def _modern_model_config(path: Path, hf: dict[str, Any]) -> dict[str, Any]:
+    layers = hf["num_hidden_layers"]
+    types = hf.get("layer_types") or [
+        "full_attention" if i % hf.get("global_attn_every_n_layers", 3) == 0 else "sliding"
+        for i in range(layers)
+    ]
+    flags = ("attention_bias", "mlp_bias", "norm_bias", "classifier_bias")
+    if any(t != "full_attention" for t in types) or any(hf.get(f) for f in flags):
+        raise UserError(
+            f"{path} uses sliding-window attention or biases that our modern family lacks; "
+            "only all-global, bias-free ModernBERTs import"
+        )
+    rope = (hf.get("rope_parameters") or {}).get("full_attention") or {}
+    return {
+        "family": "modern",
+        "num_layers": layers,
+        "hidden_size": hf["hidden_size"],
+        "num_heads": hf["num_attention_heads"],
+        "intermediate_size": hf["intermediate_size"],
+        "vocab_size": hf["vocab_size"],
+        "max_position_embeddings": hf.get("max_position_embeddings", 8192),
+        "layer_norm_eps": hf.get("norm_eps", 1e-5),
+        "rope_theta": rope.get("rope_theta", hf.get("global_rope_theta", 160000.0)),
+    }
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        tensors: dict[str, np.ndarray] = {}
+        for shard in shards:
+            tensors.update(load_file(str(path / shard)))
+        return tensors
+    raise UserError(
+        f"{str(path)!r} has no model.safetensors; re-save the model with "
+        "`save_pretrained(dir, safe_serialization=True)` (pickled .bin files are not read)"
+    )
+
+
+def _head_defaults(config: Config, hf: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """MLM-head tensors initialized as ``transformers`` does (normal dense, LN ones/zeros)."""
+    d, v = config.model.hidden_size, config.model.vocab_size
+    rng = np.random.default_rng(seed)
+    std = hf.get("initializer_range", 0.02)
+    if config.model.family == "bert":
+        return {
+            "cls.predictions.transform.dense.weight": rng.normal(0.0, std, (d, d)),
+            "cls.predictions.transform.dense.bias": np.zeros(d),
+            "cls.predictions.transform.LayerNorm.weight": np.ones(d),
+            "cls.predictions.transform.LayerNorm.bias": np.zeros(d),
+            "cls.predictions.bias": np.zeros(v),
+        }
+    return {
+        "head.dense.weight": rng.normal(0.0, std, (d, d)),
+        "head.norm.weight": np.ones(d),
+        "decoder.bias": np.zeros(v),
+    }
+
+
+def _canonical_names(tensors: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
+    """Add the base-model prefix when missing (``BertModel``), rename old LN gamma/beta."""
+    prefix = "bert." if family == "bert" else "model."
+    heads = ("cls.", "head.", "decoder.")
+    out = {}
+    for name, value in tensors.items():
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+        name = name.replace("LayerNorm.beta", "LayerNorm.bias")
+        if not name.startswith((prefix, *heads)):
+            name = prefix + name
+        out[name] = value
+    return out
+
+
+def load_hf_checkpoint(path: str | os.PathLike, config: Config, seed: int = 0) -> nnx.State:
+    """Parameters from a HF BERT (``BertModel``/``BertForMaskedLM``) or ModernBERT directory.
+
+    ``config.model`` must match the checkpoint (UserError naming the fields otherwise).
+    A missing MLM head is initialized as ``transformers`` would, with one warning.
+    Returns an ``nnx.State`` of host numpy arrays (place it with ``jax.device_put``).
+    """
+    path = Path(path)
+    expected = hf_model_config(path)
+    hf = _read_hf_config(path)
+    ours = config.model.model_dump()
+    mismatched = [
+        f"model.{key}={ours[key]!r} (checkpoint: {value!r})"
+        for key, value in expected.items()
+        if not _same(ours[key], value)
+    ]
+    if mismatched:
+        raise UserError(
+            f"config does not match {path}: {', '.join(mismatched)}; set these model.* values"
+        )
+    tensors = _canonical_names(_read_safetensors(path), config.model.family)
+    tied = "cls.predictions.decoder.weight" if config.model.family == "bert" else "decoder.weight"
+    table = tensors.get(_table_name(config))
+    if tied in tensors and table is not None and not np.array_equal(tensors[tied], table):
+        raise UserError(
+            f"{path} has an output projection untied from the embeddings; "
+            "our models tie them, so this checkpoint cannot be imported"
+        )
+    tensors.pop(tied, None)
+    tensors.pop("cls.predictions.decoder.bias", None)  # the same tensor as cls.predictions.bias
+    missing = {k: v for k, v in _head_defaults(config, hf, seed).items() if k not in tensors}
+    if missing:
+        logger.warning(
+            "%s has no MLM head; initialized %s as transformers does",
+            path,
+            ", ".join(sorted(missing)),
+        )
+        tensors.update(missing)
+    known = set(_leaf_names(config.model, _abstract_params(config.model)).values())
+    known_names = {name for name, _ in known}
+    unexpected = [
+        name
+        for name in tensors
+        if name not in known_names
+        and not name.startswith(_IGNORED_HF_PREFIXES)
+        and not name.endswith(_IGNORED_HF_SUFFIXES)
+    ]
+    if unexpected:
+        raise UserError(
+            f"{path} holds tensors our {config.model.family} model has no place for "
+            f"({', '.join(sorted(unexpected)[:5])}); import only BERT/ModernBERT MLM checkpoints"
+        )
+    return from_hf_state_dict(config, tensors)
+
+
+def _table_name(config: Config) -> str:
+    if config.model.family == "bert":
+        return "bert.embeddings.word_embeddings.weight"
+    return "model.embeddings.tok_embeddings.weight"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return bool(np.isclose(float(a), float(b), rtol=1e-6, atol=0.0))
+    return a == b
