@@ -327,6 +327,20 @@ def _plan(config, split: str, process_index: int, process_count: int, train: boo
     )
 
 
+def _allow_grain_workers() -> None:
+    """Let Grain start workers outside an absl app.
+
+    With JAX installed, Grain's ``mp_prefetch`` reads an absl flag that raises when
+    flags were never parsed (our CLI uses argparse). Marking that one flag as given
+    keeps its default and touches no other flag.
+    """
+    from absl import flags
+
+    name = "grain_enable_multiprocess_worker_profiling"
+    if not flags.FLAGS.is_parsed() and name in flags.FLAGS:
+        flags.FLAGS[name].present = True
+
+
 class HostBatchIterator:
     """Host batches of one process; checkpointable through ``get_state``/``set_state``."""
 
@@ -357,6 +371,7 @@ class HostBatchIterator:
                 plan.special_ids,
             )
             if plan.worker_count > 0:
+                _allow_grain_workers()
                 options = grain.MultiprocessingOptions(
                     num_workers=1, per_worker_buffer_size=max(1, plan.prefetch)
                 )
