@@ -1,0 +1,335 @@
+"""The pretraining loop: resume or start, step, log, evaluate, checkpoint, stop cleanly.
+
+Start order: the newest complete checkpoint in the workdir, else ``model.init_from``
+(a run directory or ``hf:PATH``), else fresh weights. Only process 0 writes files
+other than checkpoints; every process steps, evaluates and saves together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from mlm_jax import checkpoint, distributed, manifest, model, perf, pipeline, sharding, step
+from mlm_jax import config as config_lib
+from mlm_jax import tokenizer as tokenizer_lib
+from mlm_jax.errors import UserError
+from mlm_jax.metrics import MetricsWriter, ProgressLine
+
+
+class _StopRequest:
+    """Set by SIGTERM/SIGINT; the loop finishes its step, saves and exits 0."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, step_number: int) -> bool:
+        if jax.process_count() == 1:
+            return self.signal_name is not None
+        # All processes must stop at the same step: JAX's sync point agrees on one.
+        if multihost_utils.reached_preemption_sync_point(step_number):
+            self.signal_name = self.signal_name or "SIGTERM"
+            return True
+        return False
+
+
+def _gather_data_state(local: dict) -> dict:
+    """Merge every process's stream positions into one global data state."""
+    if jax.process_count() == 1:
+        return local
+    encoded = np.frombuffer(json.dumps(local).encode(), dtype=np.uint8)
+    lengths = multihost_utils.process_allgather(np.asarray([encoded.size]))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: encoded.size] = encoded
+    everything = multihost_utils.process_allgather(padded)
+    merged = dict(local, streams={})
+    for row, length in zip(everything, lengths.reshape(-1), strict=True):
+        merged["streams"].update(json.loads(bytes(row[: int(length)]).decode())["streams"])
+    return merged
+
+
+def _state_from_params(config, mesh, params, shardings: step.TrainState) -> step.TrainState:
+    """A fresh optimizer state around given parameters (``init_from``)."""
+    from mlm_jax.optim import make_optimizer
+
+    tx, _ = make_optimizer(config)
+    seed = config.train.seed
+
+    def build(p):
+        return step.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=p,
+            opt_state=tx.init(p),
+            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+        )
+
+    params = jax.device_put(params, shardings.params)
+    return jax.jit(build, out_shardings=shardings)(params)
+
+
+def _params_from_run(run_dir: str, config, mesh):
+    """Parameters of another run's newest checkpoint, placed on this mesh."""
+    other = config_lib.load(Path(run_dir) / "config.yaml")
+    mismatch = manifest.model_shape_changes(other.model, config.model)
+    if mismatch:
+        raise UserError(
+            f"model.init_from={run_dir} has other shapes ({mismatch}); match model.* to it"
+        )
+    _, abstract, _ = step.abstract_train_state(other, mesh)
+    with checkpoint.Checkpointer(run_dir, other) as source:
+        restored = source.restore_latest(abstract)
+    if restored is None:
+        raise UserError(f"model.init_from={run_dir} has no checkpoint; train it first")
+    return restored[1].params
+
+
+def _initial_params(config, mesh):
+    init = config.model.init_from
+    if init.startswith("hf:"):
+        from mlm_jax import export
+
+        return export.load_hf_checkpoint(init[3:], config)
+    if not (Path(init) / "config.yaml").is_file():
+        raise UserError(
+            f"model.init_from={init} is neither a run directory nor hf:PATH; fix the path"
+        )
+    return _params_from_run(init, config, mesh)
+
+
+def _start_state(config, mesh, checkpointer):
+    """``(first_step, state, data_state, graphdef, shardings)`` by the resume order."""
+    graphdef, abstract, shardings = step.abstract_train_state(config, mesh)
+    restored = checkpointer.restore_latest(abstract)
+    if restored is not None:
+        saved_step, state, data_state, _ = restored
+        distributed.log(f"resumed from checkpoint step {saved_step}")
+        return saved_step, state, data_state, graphdef, shardings
+    if config.model.init_from:
+        params = _initial_params(config, mesh)
+        state = _state_from_params(config, mesh, params, shardings)
+        distributed.log(f"initialised from {config.model.init_from}")
+        return 0, state, None, graphdef, shardings
+    graphdef, state, shardings = step.init_train_state(config, mesh)
+    return 0, state, None, graphdef, shardings
+
+
+def _prepare_workdir(workdir: Path, config, run_manifest: dict) -> None:
+    """Check a resumed run still matches, then record its config and manifest."""
+    previous = manifest.read(workdir)
+    if previous is not None:
+        manifest.check_resumable(previous, run_manifest)
+    if distributed.is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.yaml").write_text(config_lib.dump(config))
+        manifest.write(workdir, run_manifest)
+
+
+def _log_start(config, mesh, local_batch: int) -> None:
+    data, fsdp, tensor = (mesh.shape[a] for a in sharding.MESH_AXES)
+    distributed.log(
+        f"{model.param_count(config) / 1e6:.2f}M parameters; mesh data={data} fsdp={fsdp} "
+        f"tensor={tensor} over {jax.device_count()} devices in {jax.process_count()} process(es); "
+        f"global batch {config.train.global_batch_size} = {local_batch} rows on this process × "
+        f"{jax.process_count()}; {config.optim.grad_accum_steps} micro-batch(es) per step; "
+        f"seq_len {config.data.seq_len}"
+    )
+
+
+class Evaluator:
+    """MLM loss, accuracy and perplexity over fixed validation batches."""
+
+    def __init__(self, config, mesh, graphdef, param_shardings, num_batches: int):
+        self.mesh = mesh
+        self.batches = pipeline.make_eval_batches(
+            config, num_batches, jax.process_index(), jax.process_count()
+        )
+        self.eval_step = step.make_eval_step(config, mesh, graphdef, param_shardings)
+
+    def __call__(self, params) -> dict[str, float]:
+        totals = np.zeros(3)
+        for host_batch in self.batches:
+            sums = self.eval_step(params, sharding.host_batch_to_global(host_batch, self.mesh))
+            totals += [float(sums["loss_sum"]), float(sums["correct"]), float(sums["weight_sum"])]
+        loss = totals[0] / max(totals[2], 1.0)
+        return {
+            "eval/loss": loss,
+            "eval/mlm_accuracy": totals[1] / max(totals[2], 1.0),
+            "eval/perplexity": math.exp(min(loss, 50.0)),
+            "eval/tokens": totals[2],
+        }
+
+
+def _check_finite(config, metrics: dict, step_number: int, checkpointer) -> bool:
+    """True when the step was good; raises or counts per ``train.on_nonfinite``."""
+    if metrics["train/nonfinite"] == 0.0:
+        return True
+    if config.train.on_nonfinite == "skip":
+        distributed.log(f"step {step_number}: non-finite loss or gradient; update skipped")
+        return False
+    last = checkpointer.latest_step()
+    where = f"last good checkpoint: step {last}" if last is not None else "no checkpoint yet"
+    raise UserError(
+        f"non-finite loss or gradient at step {step_number} (update not applied; {where}); "
+        "lower optim.learning_rate or set train.on_nonfinite=skip"
+    )
+
+
+def run(config, workdir: str) -> dict:
+    """Train ``config`` in ``workdir``; resumes by itself. Returns the final summary."""
+    workdir_path = Path(workdir).resolve()
+    tokenizer = pipeline.load_checked_tokenizer(config)
+    mesh = sharding.make_mesh(config)
+    run_manifest = manifest.build(config, tokenizer, mesh)
+    _prepare_workdir(workdir_path, config, run_manifest)
+    checkpointer = checkpoint.Checkpointer(workdir_path, config)
+    try:
+        return _train(config, workdir_path, mesh, checkpointer)
+    finally:
+        checkpointer.close()
+
+
+def _train(config, workdir: Path, mesh, checkpointer) -> dict:
+    first_step, state, data_state, graphdef, shardings = _start_state(config, mesh, checkpointer)
+    sharding.assert_params_sharded(state.params, mesh)
+    data = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
+    if data_state is not None:
+        data.set_state(data_state)
+    _log_start(config, mesh, data.local_batch_size)
+    train_step = step.make_train_step(config, mesh, graphdef, shardings)
+    evaluator = Evaluator(config, mesh, graphdef, shardings.params, config.train.eval_batches)
+    writer = MetricsWriter(workdir, enabled=distributed.is_primary())
+    writer.truncate_after(first_step)
+    stop = _StopRequest()
+    stop.install()
+    try:
+        summary = _loop(
+            config, mesh, state, first_step, data, train_step, evaluator, writer, checkpointer, stop
+        )
+    finally:
+        stop.uninstall()
+        data.close()
+        writer.close()
+    return summary
+
+
+def _loop(config, mesh, state, first_step, data, train_step, evaluator, writer, ckpt, stop):
+    total = config.train.steps
+    flops_per_token = model.flops_per_token(config)
+    tokens_per_step = config.train.global_batch_size * config.data.seq_len
+    progress = ProgressLine(total)
+    skipped, last_eval, window_start, window_steps = 0, {}, time.perf_counter(), 0
+    step_number = first_step
+    while step_number < total:
+        batch = sharding.host_batch_to_global(next(data), mesh)
+        state, metrics = train_step(state, batch)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        step_number += 1
+        window_steps += 1
+        if not _check_finite(config, metrics, step_number, ckpt):
+            skipped += 1
+        metrics["train/skipped_steps"] = skipped
+        if step_number % config.train.log_every == 0 or step_number == total:
+            elapsed = time.perf_counter() - window_start
+            metrics["perf/tokens_per_s"] = tokens_per_step * window_steps / elapsed
+            metrics["perf/mfu"] = perf.mfu(
+                flops_per_token, metrics["perf/tokens_per_s"], config.model.dtype
+            )
+            progress.update(step_number, metrics)
+            writer.write(step_number, metrics)
+        eval_due = config.train.eval_every and step_number % config.train.eval_every == 0
+        if eval_due or step_number == total:
+            last_eval = evaluator(state.params)
+            writer.write(step_number, last_eval)
+            distributed.log(
+                f"eval step {step_number}: loss {last_eval['eval/loss']:.4f} "
+                f"acc {last_eval['eval/mlm_accuracy']:.3f} ppl {last_eval['eval/perplexity']:.1f}"
+            )
+        stopping = stop.requested(step_number)
+        if ckpt.should_save(step_number) or step_number == total or stopping:
+            data_state = _gather_data_state(data.get_state())
+            ckpt.save(
+                step_number,
+                state,
+                data_state,
+                metrics=last_eval if eval_due else None,
+                force=True,
+            )
+        if stopping:
+            ckpt.wait()
+            progress.finish()
+            distributed.log(
+                f"{stop.signal_name}: saved step {step_number} in {ckpt.directory}; "
+                "run the same command to resume"
+            )
+            return {"step": step_number, "stopped_by": stop.signal_name}
+        if step_number % config.train.log_every == 0:
+            window_start, window_steps = time.perf_counter(), 0
+    ckpt.wait()
+    progress.finish()
+    summary = {"step": step_number, "skipped_steps": skipped, **last_eval}
+    if first_step >= total:
+        distributed.log(f"already trained to step {total}; raise train.steps to continue")
+    else:
+        distributed.log(
+            "done: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()
+            )
+        )
+    return summary
+
+
+def load_run_params(workdir: str, step_number: int | None = None):
+    """``(config, graphdef, params)`` of a run's checkpoint, on this process's devices."""
+    workdir_path = Path(workdir)
+    if not (workdir_path / "config.yaml").is_file():
+        raise UserError(f"{workdir} is not a run directory (no config.yaml); train first")
+    config = config_lib.load(
+        workdir_path / "config.yaml", ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"]
+    )
+    mesh = sharding.make_mesh(config)
+    graphdef, abstract, _ = step.abstract_train_state(config, mesh)
+    with checkpoint.Checkpointer(workdir_path, config) as ckpt:
+        if step_number is None:
+            restored = ckpt.restore_latest(abstract)
+            if restored is None:
+                raise UserError(f"{workdir} has no checkpoint yet; train it first")
+            state = restored[1]
+        else:
+            state = ckpt.restore(step_number, abstract)[0]
+    return config, graphdef, state.params
+
+
+def evaluate_run(workdir: str, step: int | None = None, batches: int | None = None) -> dict:
+    """``mlm-jax eval``: validation loss, accuracy and perplexity of a run's checkpoint."""
+    config, graphdef, params = load_run_params(workdir, step)
+    tokenizer_lib.load(config.data.tokenizer)
+    mesh = sharding.make_mesh(config)
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    evaluator = Evaluator(
+        config, mesh, graphdef, param_shardings, batches or config.train.eval_batches
+    )
+    result = evaluator(params)
+    if distributed.is_primary():
+        print(json.dumps({"workdir": str(workdir), **{k: round(v, 6) for k, v in result.items()}}))
+    return result
