@@ -522,11 +522,15 @@ def verify_export(out: str | os.PathLike, config: Config, params: nnx.State) -> 
         return "export verification skipped: torch and transformers are not installed"
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
     ours = tokenizer_lib.load(out if (Path(out) / "spm.model").is_file() else config.data.tokenizer)
+    # Tiny test models may have fewer positions than a sentence has tokens: truncate both.
+    limit = hf_config(config)["max_position_embeddings"]
     rows = [
-        [ours.cls_id, *ours.encode_with_specials(text).tolist(), ours.sep_id]
+        [ours.cls_id, *ours.encode_with_specials(text).tolist()[: limit - 2], ours.sep_id]
         for text in VERIFY_SENTENCES
     ]
-    encoded = hf_tokenizer(list(VERIFY_SENTENCES), padding=True, return_tensors="np")
+    encoded = hf_tokenizer(
+        list(VERIFY_SENTENCES), padding=True, truncation=True, max_length=limit, return_tensors="np"
+    )
     for text, row, ids, mask in zip(
         VERIFY_SENTENCES, rows, encoded["input_ids"], encoded["attention_mask"], strict=True
     ):

@@ -1,0 +1,345 @@
+"""Hugging Face interop: exports load in transformers with the same logits and token ids,
+HF BERT checkpoints import, and fill-mask runs on an export."""
+
+import json
+import logging
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import mlm_jax
+from mlm_jax import config as config_lib
+from mlm_jax import export, inference, sharding, sources, tokenizer
+from mlm_jax.errors import UserError
+from mlm_jax.model import Encoder
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TOLERANCE = 1e-4
+SENTENCES = [
+    "To be, or not to be: that is the question.",
+    "Naïve café déjà vu — «quoted» and ‘curly’ ½ ＡＢＣ ﬁ.",
+    "数字 12345 and emoji 🙂 in one line.",
+    "  extra   whitespace\tand tabs  \n and a newline ",
+    "The capital of [MASK] is Paris.",
+    "x \n [MASK][MASK] y[MASK]",
+    "[MASK] starts, ends with [SEP]",
+    "▁already escaped ▁▁ pieces",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A real SentencePiece tokenizer trained on a slice of Shakespeare."""
+    root = tmp_path_factory.mktemp("tok")
+    corpus = root / "plays.txt"
+    corpus.write_text("\n\n".join(list(sources.iter_documents(["builtin:shakespeare"]))[:40]))
+    tokenizer.train_tokenizer([str(corpus)], str(root / "tok"), vocab_size=500)
+    return root / "tok"
+
+
+def make_config(tokenizer_dir, family: str, **model) -> config_lib.Config:
+    raw = {
+        "model": {
+            "family": family,
+            "num_layers": 2,
+            "hidden_size": 64,
+            "num_heads": 4,
+            "intermediate_size": 96,
+            "vocab_size": 500,
+            "max_position_embeddings": 64,
+            "layer_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            **model,
+        },
+        "data": {"tokenizer": str(tokenizer_dir), "seq_len": 64},
+        "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
+        "train": {"global_batch_size": 8},
+    }
+    return config_lib.from_dict(raw)
+
+
+def perturbed_params(config: config_lib.Config, seed: int = 1):
+    """Random params with every tensor moved off its init (LN scales != 1, biases != 0)."""
+    graphdef, params = nnx.split(Encoder(config.model, rngs=nnx.Rngs(seed)))
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.2, x.shape), params)
+    return graphdef, jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+
+
+@pytest.fixture
+def fake_run(monkeypatch, tmp_path):
+    """A run directory served by a stand-in ``train.load_run_params``."""
+    runs = {}
+
+    def load_run_params(workdir, step=None):
+        return runs[str(workdir)]
+
+    module = types.ModuleType("mlm_jax.train")
+    module.load_run_params = load_run_params
+    monkeypatch.setitem(sys.modules, "mlm_jax.train", module)
+    monkeypatch.setattr(mlm_jax, "train", module, raising=False)
+
+    def make(config, graphdef, params):
+        workdir = tmp_path / f"run{len(runs)}"
+        workdir.mkdir()
+        (workdir / "manifest.json").write_text(json.dumps({"tokenizer_fingerprint": "abc"}))
+        runs[str(workdir)] = (config, graphdef, params)
+        return workdir
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def exports(tokenizer_dir, tmp_path_factory):
+    """One verified export per family, and the params it came from."""
+    made = {}
+    for family in ("bert", "modern"):
+        config = make_config(tokenizer_dir, family)
+        _, params = perturbed_params(config)
+        out = tmp_path_factory.mktemp("exports") / family
+        export.write_export(config, params, out, manifest={"run": family})
+        made[family] = (config, params, out)
+    return made
+
+
+def hf_logits(out, input_ids, attention_mask, token_type_ids=None):
+    model = transformers.AutoModelForMaskedLM.from_pretrained(str(out), dtype=torch.float32)
+    model.eval()
+    inputs = {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
+    }
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = torch.tensor(token_type_ids, dtype=torch.long)
+    with torch.no_grad():
+        return model(**inputs).logits.numpy()
+
+
+def padded_batch(rows: list[list[int]]):
+    length = max(map(len, rows))
+    ids = np.zeros((len(rows), length), np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    return ids, mask
+
+
+def jax_logits(config, params, ids, mask, token_type_ids=None):
+    model = nnx.merge(nnx.split(Encoder(config.model, rngs=nnx.Rngs(0)))[0], params)
+    positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape)
+    logits = model.full_logits(ids, mask, positions, token_type_ids)
+    return np.asarray(logits)[..., : config.model.vocab_size]
+
+
+@pytest.mark.parametrize("family", ["bert", "modern"])
+def test_export_logits_match_transformers(exports, family):
+    config, params, out = exports[family]
+    ours = tokenizer.load(out)
+    rows = [[2, *ours.encode_with_specials(s).tolist(), 3] for s in SENTENCES[:5]]
+    ids, mask = padded_batch(rows)  # rows of different lengths: padding must not leak
+    theirs = hf_logits(out, ids, mask)
+    mine = jax_logits(config, params, ids, mask)
+    assert theirs.shape == mine.shape == (*ids.shape, config.model.vocab_size)
+    delta = np.abs(theirs - mine)[mask.astype(bool)].max()
+    assert delta <= TOLERANCE, delta
+    assert np.abs(theirs).max() > 1.0  # perturbed params: the comparison is not of zeros
+
+
+def test_export_run_writes_verified_directory(tokenizer_dir, fake_run, tmp_path, capsys):
+    """Through export_run: sharded params on an 8-device mesh are gathered and verified."""
+    config = make_config(tokenizer_dir, "bert")
+    mesh = sharding.make_mesh(config)
+    graphdef, params, shardings = sharding.create_sharded_model(config, mesh, 3)
+    host = jax.tree.map(np.asarray, params)
+    params = jax.device_put(jax.tree.map(lambda x: x + 0.1, host), shardings)
+    workdir = fake_run(config, graphdef, params)
+    out = tmp_path / "export"
+    export.export_run(workdir, out)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("export verified: ")
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "mlm_jax.json", "spm.model"} <= names
+    assert set(export.TOKENIZER_FILES) <= names
+    saved = json.loads((out / "mlm_jax.json").read_text())
+    assert saved["manifest"] == {"tokenizer_fingerprint": "abc"}
+    assert saved["config"]["model"] == config.model.model_dump(mode="json")
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["architectures"] == ["BertForMaskedLM"]
+    assert hf_config["vocab_size"] == 500
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_non_empty_out_refused_and_untouched(exports, fake_run, tmp_path):
+    config, params, _ = exports["modern"]
+    workdir = fake_run(config, None, params)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(UserError, match="--force"):
+        export.export_run(workdir, out, verify=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "precious"
+    export.export_run(workdir, out, force=True, verify=False)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_tokenizer_ids_match_sentencepiece(exports):
+    _, _, out = exports["bert"]
+    ours = tokenizer.load(out)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(out))
+    for text in SENTENCES:
+        expected = [ours.cls_id, *ours.encode_with_specials(text).tolist(), ours.sep_id]
+        assert theirs(text)["input_ids"] == expected, text
+    emoji = theirs("🙂 数字")["input_ids"]
+    assert tokenizer.UNK_ID not in emoji and len(emoji) > 4  # byte fallback, not [UNK]
+    assert theirs.decode(emoji, skip_special_tokens=True) == "🙂 数字"
+    assert theirs.mask_token == "[MASK]" and theirs.mask_token_id == tokenizer.MASK_ID
+    assert theirs.pad_token_id == tokenizer.PAD_ID
+
+
+@pytest.mark.parametrize("family", ["bert", "modern"])
+def test_pipeline_fill_mask_agrees_with_ours(exports, family):
+    _, _, out = exports[family]
+    text = "The king [MASK] the crown upon his head."
+    fill = transformers.pipeline("fill-mask", model=str(out), top_k=3)
+    theirs = fill(text)
+    ours = inference.fill_mask(out, text, top_k=3)
+    assert len(ours) == 1
+    assert [r["token"] for r in theirs] == [
+        tokenizer.load(out).processor.piece_to_id(piece) for piece, _ in ours[0]
+    ]
+    for result, (_, probability) in zip(theirs, ours[0], strict=True):
+        assert abs(result["score"] - probability) <= TOLERANCE
+
+
+def test_fill_mask_top_k(exports):
+    _, _, out = exports["modern"]
+    predictions = inference.fill_mask(out, "To be, or [MASK] to be: that is the [MASK].", top_k=4)
+    assert len(predictions) == 2
+    for candidates in predictions:
+        probabilities = [p for _, p in candidates]
+        assert len(candidates) == 4 and all(isinstance(piece, str) for piece, _ in candidates)
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert 0.0 < sum(probabilities) <= 1.0 + 1e-6
+    with pytest.raises(UserError, match=r"\[MASK\]"):
+        inference.fill_mask(out, "no mask here")
+
+
+@pytest.mark.parametrize("family", ["bert", "modern"])
+def test_state_dict_round_trip(tokenizer_dir, family):
+    config = make_config(tokenizer_dir, family)
+    _, params = perturbed_params(config, seed=5)
+    tensors = export.to_hf_state_dict(config, params)
+    back = export.from_hf_state_dict(config, tensors)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(params), nnx.to_flat_state(back), strict=True):
+        expected = np.asarray(a.get_value())
+        if path[-1] in ("word_embeddings", "tok_embeddings", "decoder_bias"):
+            expected = expected.copy()
+            expected[config.model.vocab_size :] = 0  # padding rows are not exported
+        np.testing.assert_array_equal(np.asarray(b.get_value()), expected, err_msg=str(path))
+
+
+def _hf_bert_config(**overrides):
+    values = dict(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+    )
+    return transformers.BertConfig(**{**values, **overrides})
+
+
+def _perturb_torch(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def test_import_bert_for_masked_lm(tmp_path, tokenizer_dir):
+    torch.manual_seed(0)
+    hf_model = _perturb_torch(transformers.BertForMaskedLM(_hf_bert_config()))
+    hf_model.save_pretrained(tmp_path / "hf")
+    model_values = export.hf_model_config(tmp_path / "hf")
+    config = config_lib.from_dict(
+        {"model": model_values, "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32}}
+    )
+    params = export.load_hf_checkpoint(tmp_path / "hf", config)
+    rng = np.random.default_rng(0)
+    ids, mask = padded_batch([rng.integers(5, 300, n).tolist() for n in (12, 7)])
+    types_ = (np.arange(ids.shape[1]) >= 4).astype(np.int32)[None].repeat(2, 0)
+    with torch.no_grad():
+        theirs = hf_model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            token_type_ids=torch.tensor(types_, dtype=torch.long),
+        ).logits.numpy()
+    mine = jax_logits(config, params, ids, mask, types_)
+    assert np.abs(theirs - mine)[mask.astype(bool)].max() <= TOLERANCE
+    # import -> export gives back the very tensors transformers saved
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    exported = export.to_hf_state_dict(config, params)
+    assert set(exported) == set(saved)
+    for name, value in saved.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
+def test_import_bert_model_initializes_missing_head(tmp_path, tokenizer_dir, caplog):
+    torch.manual_seed(1)
+    hf_model = _perturb_torch(transformers.BertModel(_hf_bert_config(), add_pooling_layer=True))
+    hf_model.save_pretrained(tmp_path / "base")
+    config = config_lib.from_dict(
+        {
+            "model": export.hf_model_config(tmp_path / "base"),
+            "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32},
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="mlm_jax.export"):
+        params = export.load_hf_checkpoint(tmp_path / "base", config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    for name in (
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.bias",
+    ):
+        assert name in warnings[0]
+    head = params["head"]
+    np.testing.assert_array_equal(head["norm"]["scale"].get_value(), np.ones(32))
+    np.testing.assert_array_equal(head["decoder_bias"].get_value(), np.zeros(384))
+    assert 0.01 < np.std(head["dense"]["kernel"].get_value()) < 0.03  # normal(0, 0.02)
+    # The encoder itself is the checkpoint's: hidden states match BertModel's.
+    ids, mask = padded_batch([[7, 8, 9, 10, 11, 12], [20, 21, 22]])
+    with torch.no_grad():
+        theirs = hf_model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+        ).last_hidden_state.numpy()
+    model = nnx.merge(nnx.split(Encoder(config.model, rngs=nnx.Rngs(0)))[0], params)
+    positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape)
+    mine = np.asarray(model.encode(ids, mask, positions))
+    assert np.abs(theirs - mine)[mask.astype(bool)].max() <= TOLERANCE
+
+
+def test_import_rejects_mismatched_config(tmp_path, tokenizer_dir):
+    transformers.BertForMaskedLM(_hf_bert_config()).save_pretrained(tmp_path / "hf")
+    values = {**export.hf_model_config(tmp_path / "hf"), "hidden_size": 64, "num_layers": 3}
+    config = config_lib.from_dict(
+        {"model": values, "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32}}
+    )
+    with pytest.raises(UserError, match=r"model\.num_layers=3 .*model\.hidden_size=64 "):
+        export.load_hf_checkpoint(tmp_path / "hf", config)
