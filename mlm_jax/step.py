@@ -170,7 +170,7 @@ def make_train_step(
             )
             denom = jnp.where(weight_sum > 0, weight_sum, 1.0)
             grads = jax.tree.map(lambda g: g / denom, grads)
-            loss, grad_norm = loss_sum / denom, optax.global_norm(grads)
+            loss, grad_norm = loss_sum / denom, optax.tree.norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)

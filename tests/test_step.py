@@ -1,0 +1,214 @@
+"""The jitted train/eval steps: mesh invariance, accumulation, overfitting, NaN guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlm_jax import config as config_lib
+from mlm_jax import sharding
+from mlm_jax import step as step_lib
+
+VOCAB, SEQ = 300, 32
+
+
+def tiny_config(*extra: str):
+    return config_lib.load(
+        None,
+        [
+            "model.num_layers=2",
+            "model.hidden_size=32",
+            "model.num_heads=4",
+            "model.intermediate_size=64",
+            f"model.vocab_size={VOCAB}",
+            "model.max_position_embeddings=64",
+            f"data.seq_len={SEQ}",
+            "data.max_predictions=6",
+            "train.global_batch_size=8",
+            "train.steps=50",
+            "optim.learning_rate=3e-3",
+            "optim.warmup_steps=2",
+            *extra,
+        ],
+    )
+
+
+def random_batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Packed rows of two documents plus padding, following the data contract."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, VOCAB, (rows, SEQ)).astype(np.int32)
+    segments = np.zeros((rows, SEQ), np.int32)
+    positions = np.zeros((rows, SEQ), np.int32)
+    for row in range(rows):
+        cut, end = rng.integers(8, 20), rng.integers(24, SEQ + 1)
+        segments[row, :cut], segments[row, cut:end] = 1, 2
+        positions[row, :cut], positions[row, cut:end] = np.arange(cut), np.arange(end - cut)
+        ids[row, end:] = 0
+    mlm_positions = np.stack([rng.choice(20, 6, replace=False) for _ in range(rows)])
+    labels = np.take_along_axis(ids, mlm_positions, axis=1)
+    weights = np.ones((rows, 6), np.float32)
+    weights[:, -1] = 0.0  # an empty slot, as when a row has fewer maskable tokens
+    masked_ids = ids.copy()
+    np.put_along_axis(masked_ids, mlm_positions, 4, axis=1)  # [MASK]
+    return {
+        "input_ids": masked_ids,
+        "segment_ids": segments,
+        "positions": positions,
+        "mlm_positions": mlm_positions.astype(np.int32),
+        "mlm_labels": labels.astype(np.int32),
+        "mlm_weights": weights,
+    }
+
+
+def run_steps(config, batches, devices=None):
+    """Train on ``batches``; returns (per-step metrics, final state, graphdef, mesh)."""
+    mesh = sharding.make_mesh(config, devices)
+    graphdef, state, shardings = step_lib.init_train_state(config, mesh)
+    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
+    history = []
+    for batch in batches:
+        state, metrics = train_step(state, sharding.host_batch_to_global(batch, mesh))
+        history.append({k: float(v) for k, v in metrics.items()})
+    return history, state, graphdef, mesh
+
+
+def params_numpy(state):
+    return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+@pytest.mark.parametrize("family", ["bert", "modern"])
+def test_same_losses_on_every_mesh(family):
+    batches = [random_batch(8, seed) for seed in range(5)]
+    # Dropout on: the per-step key must give the same masks whatever the mesh.
+    extra = (f"model.family={family}", "model.dropout_rate=0.1")
+    meshes = [
+        ("8x1x1", ("mesh.data=8",), None),
+        ("2x2x2", ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), None),
+        ("1x1x1", ("mesh.data=1",), jax.devices()[:1]),
+    ]
+    if family == "modern":
+        meshes = meshes[:2]  # the single-device case is family-independent; save a compile
+    losses = {}
+    for name, mesh_args, devices in meshes:
+        history, _, _, _ = run_steps(tiny_config(*extra, *mesh_args), batches, devices)
+        losses[name] = np.array([m["train/loss"] for m in history])
+    np.testing.assert_allclose(losses["2x2x2"], losses["8x1x1"], rtol=1e-4)
+    if "1x1x1" in losses:
+        np.testing.assert_allclose(losses["1x1x1"], losses["8x1x1"], rtol=1e-4)
+
+
+def test_grad_accumulation_equals_one_large_batch():
+    batch = random_batch(32, seed=3)
+    common = (
+        "train.global_batch_size=32",
+        "model.dropout_rate=0",
+        "model.attention_dropout_rate=0",
+    )
+    one, one_state, _, _ = run_steps(tiny_config(*common), [batch])
+    accum, accum_state, _, _ = run_steps(tiny_config(*common, "optim.grad_accum_steps=4"), [batch])
+    for key in ("train/loss", "train/mlm_accuracy", "train/grad_norm"):
+        np.testing.assert_allclose(accum[0][key], one[0][key], rtol=1e-5)
+    for a, b in zip(params_numpy(accum_state), params_numpy(one_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class Compiled:
+    """One compiled train and eval step for the default tiny config, shared by tests."""
+
+    def __init__(self):
+        self.config = tiny_config(
+            "model.dropout_rate=0", "model.attention_dropout_rate=0", "optim.schedule=constant"
+        )
+        self.mesh = sharding.make_mesh(self.config)
+        self.graphdef, self._state, shardings = step_lib.init_train_state(self.config, self.mesh)
+        self.train_step = step_lib.make_train_step(self.config, self.mesh, self.graphdef, shardings)
+        self.eval_step = step_lib.make_eval_step(
+            self.config, self.mesh, self.graphdef, shardings.params
+        )
+
+    def fresh_state(self):
+        """A copy of the initial state (the step donates its input)."""
+        return jax.tree.map(jnp.copy, self._state)
+
+    def put(self, batch):
+        return sharding.host_batch_to_global(batch, self.mesh)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return Compiled()
+
+
+def test_overfits_a_fixed_batch(compiled):
+    state, batch = compiled.fresh_state(), compiled.put(random_batch(8, seed=5))
+    history = []
+    for _ in range(30):
+        state, metrics = compiled.train_step(state, batch)
+        history.append({k: float(v) for k, v in metrics.items()})
+    losses = [m["train/loss"] for m in history]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert history[-1]["train/mlm_accuracy"] > history[0]["train/mlm_accuracy"]
+    assert all(m["train/nonfinite"] == 0.0 for m in history)
+
+
+def test_metrics_and_nonfinite_batch_skips_the_update(compiled):
+    state = compiled.fresh_state()
+    state, metrics = compiled.train_step(state, compiled.put(random_batch(8)))
+    assert set(metrics) == {
+        "train/loss",
+        "train/mlm_accuracy",
+        "train/grad_norm",
+        "train/learning_rate",
+        "train/nonfinite",
+    }
+    assert all(value.shape == () for value in metrics.values())
+    assert float(metrics["train/learning_rate"]) == 0.0  # warmup starts at zero
+    assert metrics["train/nonfinite"] == 0.0
+    before = params_numpy(state)
+    opt_before = [np.asarray(x) for x in jax.tree.leaves(state.opt_state)]
+    poisoned = random_batch(8, seed=1)
+    poisoned["mlm_weights"][3, 0] = np.nan
+    state, metrics = compiled.train_step(state, compiled.put(poisoned))
+    assert metrics["train/nonfinite"] == 1.0
+    assert not np.isfinite(float(metrics["train/loss"]))
+    assert int(state.step) == 2
+    for a, b in zip(params_numpy(state), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(state.opt_state), opt_before, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    state, metrics = compiled.train_step(state, compiled.put(random_batch(8, 2)))
+    assert metrics["train/nonfinite"] == 0.0
+    assert any(not np.array_equal(a, b) for a, b in zip(params_numpy(state), before, strict=True))
+
+
+def test_eval_step_sums_match_the_train_loss(compiled):
+    state, batch = compiled.fresh_state(), random_batch(8, seed=9)
+    sums = compiled.eval_step(state.params, compiled.put(batch))
+    assert float(sums["weight_sum"]) == float(batch["mlm_weights"].sum())
+    assert 0.0 <= float(sums["correct"]) <= float(sums["weight_sum"])
+    _, metrics = compiled.train_step(state, compiled.put(batch))
+    eval_loss = float(sums["loss_sum"]) / float(sums["weight_sum"])
+    np.testing.assert_allclose(eval_loss, float(metrics["train/loss"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(sums["correct"]) / float(sums["weight_sum"]),
+        float(metrics["train/mlm_accuracy"]),
+        rtol=1e-5,
+    )
+
+
+def test_bfloat16_step_runs_finite():
+    batch = random_batch(8)
+    history, state, _, _ = run_steps(tiny_config("model.dtype=bfloat16"), [batch, batch, batch])
+    assert all(np.isfinite(m["train/loss"]) and m["train/nonfinite"] == 0.0 for m in history)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+
+
+def test_abstract_state_matches_real_state():
+    config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    mesh = sharding.make_mesh(config)
+    _, abstract, _ = step_lib.abstract_train_state(config, mesh)
+    _, state, _ = step_lib.init_train_state(config, mesh)
+    assert jax.tree.structure(abstract) == jax.tree.structure(state)
+    for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True):
+        assert (a.shape, a.dtype) == (x.shape, x.dtype)
+        assert a.sharding.is_equivalent_to(x.sharding, x.ndim)
