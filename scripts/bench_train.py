@@ -1,0 +1,131 @@
+"""Train-step throughput on random batches: one JSON line.
+
+    python scripts/bench_train.py --config configs/tiny.yaml [--set k=v ...] [--steps 20]
+
+Reports compile time, the median step time, tokens/s, model TFLOP/s (from
+``model.flops_per_token``), the matmul peak measured here for the model's dtype
+path, and MFU against it. Batches follow the data contract (packed rows of two
+documents, P masked slots per row); the data pipeline is not involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlm_jax import config as config_lib
+from mlm_jax import model as model_lib
+from mlm_jax import sharding
+from mlm_jax import step as step_lib
+
+
+def random_batch(config, rows: int, seed: int) -> dict[str, np.ndarray]:
+    """``rows`` packed rows of two documents each, with P masked slots per row."""
+    rng = np.random.default_rng(seed)
+    length, slots = config.data.seq_len, config.data.predictions_per_row
+    cut = length // 2
+    positions = np.concatenate([np.arange(cut), np.arange(length - cut)]).astype(np.int32)
+    segments = np.where(np.arange(length) < cut, 1, 2).astype(np.int32)
+    mlm_positions = np.stack(
+        [np.sort(rng.choice(length, slots, replace=False)) for _ in range(rows)]
+    )
+    return {
+        "input_ids": rng.integers(5, config.model.vocab_size, (rows, length)).astype(np.int32),
+        "segment_ids": np.tile(segments, (rows, 1)),
+        "positions": np.tile(positions, (rows, 1)),
+        "mlm_positions": mlm_positions.astype(np.int32),
+        "mlm_labels": rng.integers(5, config.model.vocab_size, (rows, slots)).astype(np.int32),
+        "mlm_weights": np.ones((rows, slots), np.float32),
+    }
+
+
+def matmul_peak(dtype: str, size: int, repeats: int = 10) -> float:
+    """FLOP/s of a jitted ``size``² matmul: fp32, or bf16 inputs accumulating in fp32."""
+    compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), compute)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), compute)
+    matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            out = matmul(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * size**3 / best * jax.local_device_count()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="config YAML (default: built-in defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (at least 20)")
+    args = parser.parse_args()
+    config = config_lib.load(args.config, args.set)
+    steps = max(args.steps, 20)
+
+    mesh = sharding.make_mesh(config)
+    graphdef, state, shardings = step_lib.init_train_state(config, mesh)
+    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
+    local_rows = config.train.global_batch_size // jax.process_count()
+    batches = [
+        sharding.host_batch_to_global(random_batch(config, local_rows, seed), mesh)
+        for seed in range(2)
+    ]
+
+    started = time.perf_counter()
+    compiled = train_step.lower(state, batches[0]).compile()
+    compile_s = time.perf_counter() - started
+    state, metrics = compiled(state, batches[0])  # warm-up: first-run allocations
+    jax.block_until_ready(metrics)
+
+    times = []
+    for index in range(steps):
+        started = time.perf_counter()
+        state, metrics = compiled(state, batches[index % 2])
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - started)
+    step_s = statistics.median(times)
+
+    tokens_per_s = config.train.global_batch_size * config.data.seq_len / step_s
+    model_flops = model_lib.flops_per_token(config) * tokens_per_s
+    on_cpu = jax.devices()[0].platform == "cpu"
+    peak = matmul_peak(config.model.dtype, size=2048 if on_cpu else 8192)
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "config": args.config,
+                "overrides": args.set,
+                "family": config.model.family,
+                "dtype": config.model.dtype,
+                "params": model_lib.param_count(config),
+                "global_batch_size": config.train.global_batch_size,
+                "seq_len": config.data.seq_len,
+                "grad_accum_steps": config.optim.grad_accum_steps,
+                "mesh": dict(mesh.shape),
+                "compile_s": round(compile_s, 3),
+                "step_s": round(step_s, 5),
+                "steps": steps,
+                "tokens_per_s": round(tokens_per_s, 1),
+                "model_tflops_per_s": round(model_flops / 1e12, 4),
+                "peak_tflops_per_s": round(peak / 1e12, 4),
+                "mfu": round(model_flops / peak, 4),
+                "final_loss": float(metrics["train/loss"]),
+                "device_kind": jax.devices()[0].device_kind,
+                "device_count": jax.device_count(),
+                "jax_version": jax.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
