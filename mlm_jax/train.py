@@ -282,7 +282,8 @@ def _loop(config, mesh, state, first_step, data, train_step, evaluator, writer, 
                 "run the same command to resume"
             )
             return {"step": step_number, "stopped_by": stop.signal_name}
-        if step_number % config.train.log_every == 0:
+        # The first step of a session includes compilation: keep it out of throughput.
+        if step_number % config.train.log_every == 0 or step_number == first_step + 1:
             window_start, window_steps = time.perf_counter(), 0
     ckpt.wait()
     progress.finish()

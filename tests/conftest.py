@@ -8,3 +8,63 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Two cores: keep TensorFlow-free TFDS and Grain from spawning thread storms.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+
+def run_cli(*args, env=None, timeout=600, check=False):
+    """Run ``mlm-jax`` in a fresh process, as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mlm_jax.cli", *map(str, args)],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"mlm-jax {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def real_text(tmp_path_factory) -> Path:
+    """About 400 KB of Shakespeare as a plain text file (documents = scenes)."""
+    from mlm_jax import sources
+
+    path = tmp_path_factory.mktemp("text") / "plays.txt"
+    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:60]
+    path.write_text("\n\n".join(docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_inputs(real_text, tmp_path_factory) -> dict[str, Path]:
+    """A real tokenizer and TFDS dataset made through the CLI, shared by the run tests."""
+    root = tmp_path_factory.mktemp("inputs")
+    run_cli("tokenizer", "train", "--input", real_text, "--vocab-size", 600,
+            "--out", root / "tok", check=True)  # fmt: skip
+    run_cli("data", "prepare", "--input", real_text, "--out", root / "data",
+            "--valid-fraction", 0.1, check=True)  # fmt: skip
+    return {"tokenizer": root / "tok", "data": root / "data"}
+
+
+def write_config(path: Path, run_inputs: dict[str, Path], **sections) -> Path:
+    """A tiny BERT config over ``run_inputs``; keyword sections override fields."""
+    raw = {
+        "model": {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+                  "vocab_size": 640, "max_position_embeddings": 64, "dropout_rate": 0.0,
+                  "attention_dropout_rate": 0.0},
+        "data": {"source": str(run_inputs["data"]), "tokenizer": str(run_inputs["tokenizer"]),
+                 "seq_len": 64},
+        "train": {"steps": 20, "global_batch_size": 16, "eval_every": 10, "eval_batches": 2,
+                  "log_every": 5, "checkpoint_every": 10},
+        "optim": {"learning_rate": 3e-3, "warmup_steps": 5},
+        "mesh": {"data": -1},
+    }  # fmt: skip
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -1,0 +1,168 @@
+"""The training loop through the CLI: loss falls, exact resume after kill -9, SIGTERM,
+resharded resume, reruns from config.yaml, refused mismatches. Real processes, real
+checkpoints, real text."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import run_cli, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _metrics(workdir):
+    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _saved_steps(workdir):
+    folder = workdir / "checkpoints"
+    return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+
+
+def _final_params(workdir, step=None):
+    from mlm_jax import train
+
+    _, _, params = train.load_run_params(str(workdir), step)
+    return {str(k): np.asarray(v) for k, v in params.flat_state()}
+
+
+@pytest.fixture(scope="module")
+def straight_run(run_inputs, tmp_path_factory):
+    """30 steps uninterrupted: the reference for every resume test."""
+    root = tmp_path_factory.mktemp("straight")
+    cfg = write_config(root / "run.yaml", run_inputs, train={"steps": 30, "checkpoint_every": 5})
+    run_cli("train", "--config", cfg, "--workdir", root / "run", check=True)
+    return root / "run"
+
+
+def test_run_learns_and_records(straight_run):
+    records = _metrics(straight_run)
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert losses[-1] < losses[0] - 0.5, losses  # from ~ln(600) = 6.4
+    evals = [r for r in records if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    keys = {"train/loss", "train/mlm_accuracy", "train/grad_norm", "train/learning_rate",
+            "perf/tokens_per_s", "perf/mfu"}  # fmt: skip
+    assert keys <= set(records[0])
+    manifest = json.loads((straight_run / "manifest.json").read_text())
+    assert manifest["versions"]["jax"] and manifest["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert list((straight_run / "tensorboard").iterdir())
+
+
+def test_kill_9_then_resume_is_bitwise_identical(straight_run, run_inputs, tmp_path):
+    cfg = write_config(
+        tmp_path / "run.yaml", run_inputs, train={"steps": 30, "checkpoint_every": 5}
+    )
+    workdir = tmp_path / "run"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlm_jax.cli", "train", "--config", str(cfg), "--workdir",
+         str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        steps = _saved_steps(workdir)
+        if steps and max(steps) >= 15:
+            break
+        time.sleep(0.2)
+    assert child.poll() is None, "the run finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    result = run_cli("train", "--config", cfg, "--workdir", workdir)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from checkpoint step" in result.stderr
+    ours, reference = _final_params(workdir), _final_params(straight_run)
+    assert ours.keys() == reference.keys()
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]  # noqa: E731
+    assert strip(_metrics(workdir)) == strip(_metrics(straight_run))
+
+
+def test_sigterm_saves_and_exits_zero(run_inputs, tmp_path):
+    cfg = write_config(tmp_path / "run.yaml", run_inputs,
+                       train={"steps": 100000, "checkpoint_every": 100000})  # fmt: skip
+    workdir = tmp_path / "run"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlm_jax.cli", "train", "--config", str(cfg), "--workdir",
+         str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (workdir / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == 0, stderr
+    assert "SIGTERM: saved step" in stderr and "resume" in stderr
+    saved = _saved_steps(workdir)
+    assert saved and max(saved) >= 5
+
+
+def test_rerun_from_config_yaml_reproduces_metrics(straight_run, tmp_path):
+    result = run_cli("train", "--config", straight_run / "config.yaml", "--workdir", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]  # noqa: E731
+    assert strip(_metrics(tmp_path / "b")) == strip(_metrics(straight_run))
+
+
+def test_resume_on_other_mesh_and_device_count(run_inputs, tmp_path):
+    """Mesh (2,2,2) on 8 devices to step 20, then resumed to 30 twice: on mesh (4,1,1)
+    over 4 devices, and on the original mesh. The losses must agree."""
+    train = {"steps": 30, "checkpoint_every": 5, "log_every": 1}
+    cfg = write_config(tmp_path / "run.yaml", run_inputs, train=train,
+                       mesh={"data": 2, "fsdp": 2, "tensor": 2})  # fmt: skip
+    first = run_cli("train", "--config", cfg, "--workdir", tmp_path / "a", "--set",
+                    "train.steps=20")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    same_mesh = run_cli("train", "--config", cfg, "--workdir", tmp_path / "a")
+    assert same_mesh.returncode == 0, same_mesh.stderr
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    other_mesh = run_cli("train", "--config", cfg, "--workdir", tmp_path / "b", "--set",
+                         "mesh.data=4", "--set", "mesh.fsdp=1", "--set", "mesh.tensor=1", env=env)  # fmt: skip
+    assert other_mesh.returncode == 0, other_mesh.stderr
+    assert "data=4 fsdp=1 tensor=1 over 4 devices" in other_mesh.stderr
+    losses = [
+        {r["step"]: r["train/loss"] for r in _metrics(tmp_path / name) if "train/loss" in r}
+        for name in ("a", "b")
+    ]
+    assert sorted(losses[0]) == sorted(losses[1]) == list(range(1, 31))
+    for step_number in range(21, 31):
+        assert losses[1][step_number] == pytest.approx(losses[0][step_number], rel=1e-5)
+
+
+def test_resume_refuses_another_tokenizer(straight_run, real_text, tmp_path):
+    other = tmp_path / "tok"
+    run_cli("tokenizer", "train", "--input", real_text, "--vocab-size", 500, "--out", other,
+            check=True)  # fmt: skip
+    before = sorted(p.name for p in (straight_run / "checkpoints").iterdir())
+    result = run_cli("train", "--config", straight_run / "config.yaml", "--workdir", straight_run,
+                     "--set", f"data.tokenizer={other}", "--set", "train.steps=40")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the tokenizer differs")
+    assert sorted(p.name for p in (straight_run / "checkpoints").iterdir()) == before
+
+
+def test_resume_refuses_other_model_shapes(straight_run):
+    result = run_cli("train", "--config", straight_run / "config.yaml", "--workdir", straight_run,
+                     "--set", "model.hidden_size=64", "--set", "train.steps=40")  # fmt: skip
+    assert result.returncode == 2
+    assert "model.hidden_size 32→64" in result.stderr
+
+
+def test_nonfinite_raise_names_step_and_checkpoint(run_inputs, tmp_path):
+    cfg = write_config(tmp_path / "run.yaml", run_inputs, optim={"learning_rate": 1e30,
+                       "warmup_steps": 0, "clip_norm": None})  # fmt: skip
+    result = run_cli("train", "--config", cfg, "--workdir", tmp_path / "run")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "non-finite" in last and "at step" in last and "checkpoint" in last
