@@ -127,8 +127,8 @@ def test_resume_on_other_mesh_and_device_count(run_inputs, tmp_path):
     same_mesh = run_cli("train", "--config", cfg, "--workdir", tmp_path / "a")
     assert same_mesh.returncode == 0, same_mesh.stderr
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    other_mesh = run_cli("train", "--config", cfg, "--workdir", tmp_path / "b", "--set",
-                         "mesh.data=4", "--set", "mesh.fsdp=1", "--set", "mesh.tensor=1", env=env)  # fmt: skip
+    mesh_411 = ["--set", "mesh.data=4", "--set", "mesh.fsdp=1", "--set", "mesh.tensor=1"]
+    other_mesh = run_cli("train", "--config", cfg, "--workdir", tmp_path / "b", *mesh_411, env=env)
     assert other_mesh.returncode == 0, other_mesh.stderr
     assert "data=4 fsdp=1 tensor=1 over 4 devices" in other_mesh.stderr
     losses = [
