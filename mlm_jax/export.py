@@ -435,27 +435,32 @@ def export_run(
 
     out = Path(out)
     _check_out(out, force)
-    config, _, params = train.load_run_params(str(workdir), step=step)
+    config, _, params = train.load_run_params(str(workdir), step)
     host_params = _gather(params)
     if jax.process_index() == 0:
         manifest_path = Path(workdir) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         write_export(config, host_params, out, manifest=manifest, force=force)
-        distributed.log(f"wrote {out} ({config.model.family}, step {step or 'latest'})")
+        which = "the newest checkpoint" if step is None else f"step {step}"
+        distributed.log(f"wrote {out} ({config.model.family}, {which})")
         if verify:
             print(verify_export(out, config, host_params))
     _barrier("mlm_jax_export")
     return out
 
 
+def _refusal(out: Path, force: bool) -> str:
+    """Why ``out`` cannot be written ("" when it can)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {str(out)!r} is a file; give a directory path"
+    if out.is_dir() and any(out.iterdir()) and not force:
+        return f"--out {str(out)!r} is not empty; pass --force to replace it"
+    return ""
+
+
 def _check_out(out: Path, force: bool) -> None:
-    """Refuse a non-empty ``out`` without force; decided by process 0 for all processes."""
-    problem = ""
-    if jax.process_index() == 0:
-        if out.exists() and not out.is_dir():
-            problem = f"--out {str(out)!r} is a file; give a directory path"
-        elif out.is_dir() and any(out.iterdir()) and not force:
-            problem = f"--out {str(out)!r} is not empty; pass --force to replace it"
+    """:func:`_refusal` decided by process 0 for all processes (a collective)."""
+    problem = _refusal(out, force) if jax.process_index() == 0 else ""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -487,7 +492,9 @@ def write_export(
     from safetensors.numpy import save_file
 
     out = Path(out)
-    _check_out(out, force)
+    problem = _refusal(out, force)
+    if problem:
+        raise UserError(problem)
     tensors = to_hf_state_dict(config, params)
     files = hf_tokenizer_files(config.data.tokenizer, config)
     files["config.json"] = _json_bytes(hf_config(config))

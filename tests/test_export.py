@@ -3,8 +3,13 @@ HF BERT checkpoints import, and fill-mask runs on an export."""
 
 import json
 import logging
+import os
+import socket
+import subprocess
 import sys
+import textwrap
 import types
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -200,6 +205,7 @@ def test_tokenizer_ids_match_sentencepiece(exports):
     assert theirs.decode(emoji, skip_special_tokens=True) == "🙂 数字"
     assert theirs.mask_token == "[MASK]" and theirs.mask_token_id == tokenizer.MASK_ID
     assert theirs.pad_token_id == tokenizer.PAD_ID
+    assert theirs.added_tokens_decoder[tokenizer.MASK_ID].lstrip  # "of [MASK]" as in BERT
 
 
 @pytest.mark.parametrize("family", ["bert", "modern"])
@@ -343,3 +349,70 @@ def test_import_rejects_mismatched_config(tmp_path, tokenizer_dir):
     )
     with pytest.raises(UserError, match=r"model\.num_layers=3 .*model\.hidden_size=64 "):
         export.load_hf_checkpoint(tmp_path / "hf", config)
+
+
+TWO_PROCESS_EXPORT = textwrap.dedent(
+    """
+    import sys, types
+    import jax, numpy as np
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+    from flax import nnx
+    import mlm_jax
+    from mlm_jax import export, sharding
+    sys.path.insert(0, "tests")
+    from test_export import make_config, perturbed_params
+
+    config = make_config(sys.argv[4], "modern", **{})
+    config.mesh.data = 1  # 4 devices over 2 processes: fsdp and tensor cross them
+    mesh = sharding.make_mesh(config)
+    graphdef, host = perturbed_params(config, seed=7)
+    _, abstract = nnx.split(nnx.eval_shape(lambda: __import__("mlm_jax.model").model.Encoder(
+        config.model, rngs=nnx.Rngs(0))))
+    shardings = sharding.tree_shardings(abstract, mesh)
+    params = jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), host, shardings)
+    assert not all(x.is_fully_addressable for x in jax.tree.leaves(params))
+    train = types.ModuleType("mlm_jax.train")
+    train.load_run_params = lambda workdir, step=None: (config, graphdef, params)
+    sys.modules["mlm_jax.train"] = mlm_jax.train = train
+    export.export_run(sys.argv[1], sys.argv[1] + "/out", verify=jax.process_index() == 0)
+    print("ok", jax.process_index(), flush=True)
+    """
+)
+
+
+def test_two_processes_gather_and_one_writes(tmp_path, tokenizer_dir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    args = [str(tmp_path), f"127.0.0.1:{port}"]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESS_EXPORT, *args, str(pid), str(tokenizer_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for pid in (0, 1)
+    ]
+    try:
+        outputs = [child.communicate(timeout=240) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    for pid, (child, (out, err)) in enumerate(zip(children, outputs, strict=True)):
+        assert child.returncode == 0, err[-3000:]
+        assert out.strip().splitlines()[-1] == f"ok {pid}"
+    assert outputs[0][0].strip().splitlines()[-2].startswith("export verified: ")
+    from safetensors.numpy import load_file
+
+    config = make_config(tokenizer_dir, "modern")
+    expected = export.to_hf_state_dict(config, perturbed_params(config, seed=7)[1])
+    written = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(written) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(written[name], value, err_msg=name)
