@@ -416,3 +416,30 @@ def test_two_processes_gather_and_one_writes(tmp_path, tokenizer_dir):
     assert set(written) == set(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(written[name], value, err_msg=name)
+
+
+def test_fill_mask_on_a_transformers_bert_directory(tmp_path):
+    """load_model on a foreign HF directory: config from config.json, WordPiece tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words = ["the", "king", "queen", "crown", "wears", "a", "and", "##s", "."]
+    vocab = {token: i for i, token in enumerate([*tokenizer.SPECIAL_TOKENS, *words])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    torch.manual_seed(2)
+    hf_model = _perturb_torch(transformers.BertForMaskedLM(_hf_bert_config()))
+    hf_model.save_pretrained(tmp_path)
+    backend.save(str(tmp_path / "tokenizer.json"))
+    text = "The king [MASK] a crown."
+    predictions = inference.fill_mask(tmp_path, text, top_k=3)
+    ids = [2, *backend.encode("The king", add_special_tokens=False).ids, 4]
+    ids += [*backend.encode("a crown.", add_special_tokens=False).ids, 3]
+    with torch.no_grad():
+        logits = hf_model(input_ids=torch.tensor([ids])).logits[0, ids.index(4)]
+    probabilities = torch.softmax(logits, -1).numpy()
+    best = np.argsort(-probabilities)[:3]
+    assert [piece for piece, _ in predictions[0]] == [
+        backend.id_to_token(int(i)) or "[UNK]" for i in best
+    ]
+    np.testing.assert_allclose([p for _, p in predictions[0]], probabilities[best], atol=TOLERANCE)
