@@ -17,8 +17,10 @@ _ENV = {
     "coordinator": "MLM_JAX_COORDINATOR",
     "num_processes": "MLM_JAX_NUM_PROCESSES",
     "process_id": "MLM_JAX_PROCESS_ID",
+    "heartbeat_timeout_s": "MLM_JAX_HEARTBEAT_TIMEOUT_S",
 }
 # A peer that died must not leave the others waiting forever at a barrier.
+# MLM_JAX_HEARTBEAT_TIMEOUT_S overrides it (tests use a few seconds).
 HEARTBEAT_TIMEOUT_S = 30
 INIT_TIMEOUT_S = 120
 
@@ -55,27 +57,20 @@ def initialize(
         )
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise UserError(f"--process-id {process_id} is outside 0..{num_processes - 1}")
+    heartbeat = _from_env(None, "heartbeat_timeout_s", int) or HEARTBEAT_TIMEOUT_S
     import jax
 
-    if _on_cpu():
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Only the CPU client reads this option; asking for the backend here instead would
+    # initialise it, which jax.distributed.initialize refuses.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator,
         num_processes=num_processes,
         process_id=process_id,
         initialization_timeout=INIT_TIMEOUT_S,
-        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+        heartbeat_timeout_seconds=heartbeat,
     )
     log(f"joined {jax.process_count()} processes; {jax.local_device_count()} local devices")
-
-
-def _on_cpu() -> bool:
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    if platforms:
-        return platforms.split(",")[0] == "cpu"
-    import jax
-
-    return jax.default_backend() == "cpu"
 
 
 def is_primary() -> bool:
