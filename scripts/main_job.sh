@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mlm-jax tokenizer train --input builtin:shakespeare --vocab-size 8000 --out runs/tokenizer
-mlm-jax data prepare --input builtin:shakespeare --out runs/data
+mlm-jax data prepare --input builtin:shakespeare --out runs/data --valid-fraction 0.03
 mlm-jax train --config configs/tiny.yaml --workdir runs/tiny
 mlm-jax eval --workdir runs/tiny
 mlm-jax export --workdir runs/tiny --out runs/tiny-export --force
