@@ -1,0 +1,291 @@
+"""Labelled JSONL for fine-tuning: reading with ``file:line`` errors, pair encoding, batches.
+
+Formats (one JSON object per line):
+
+- classify: ``{"text", "label"}`` or ``{"text_a", "text_b", "label"}``; label an int class id;
+- rerank: ``{"query", "positive", "negatives": [...]}`` or ``{"query", "passage", "label"}``
+  with label 0/1 (lines of one query are grouped).
+
+Cross-encoder rows are ``[CLS] first [SEP] second [SEP]`` with token types 0 then 1;
+truncation keeps up to ``max_query_tokens`` of the first text and gives the rest of
+``seq_len`` to the second. The training batch at step s depends only on the data, the
+seed and s, so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlm_jax.errors import UserError
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One classification example."""
+
+    text_a: str
+    text_b: str | None
+    label: int
+
+
+@dataclass
+class RankingQuery:
+    """A query with its relevant and irrelevant passages."""
+
+    query: str
+    positives: list[str] = field(default_factory=list)
+    negatives: list[str] = field(default_factory=list)
+    line: int = 0
+
+
+def _records(path: str | Path):
+    """``(line_number, dict)`` for each non-blank line; UserError naming ``file:line``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; check finetune.train_file/eval_file")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(
+                    f"{path}:{number}: not valid JSON ({exc.msg}); fix the line"
+                ) from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object, got {_kind(record)}")
+            yield number, record
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(value), "a list" if isinstance(value, list) else type(value).__name__
+    )
+
+
+def _text(record: dict, key: str, where: str, expected: str) -> str:
+    if key not in record:
+        raise UserError(f"{where}: missing field {key!r}; each line needs {expected}")
+    value = record[key]
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field {key!r} must be a string, got {_kind(value)}")
+    return value
+
+
+def read_classify(path: str | Path, num_labels: int) -> list[Labelled]:
+    """Classification examples of a JSONL file."""
+    expected = '{"text", "label"} or {"text_a", "text_b", "label"}'
+    examples = []
+    for number, record in _records(path):
+        where = f"{path}:{number}"
+        if "text" in record or "text_a" not in record:
+            text_a, text_b = _text(record, "text", where, expected), None
+        else:
+            text_a, text_b = (_text(record, k, where, expected) for k in ("text_a", "text_b"))
+        if "label" not in record:
+            raise UserError(f"{where}: missing field 'label'; each line needs {expected}")
+        label = record["label"]
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise UserError(
+                f"{where}: 'label' must be an integer class id, got {_kind(label)} {label!r}"
+            )
+        if not 0 <= label < num_labels:
+            raise UserError(
+                f"{where}: label {label} is outside 0..{num_labels - 1}; raise finetune.num_labels"
+            )
+        examples.append(Labelled(text_a, text_b, label))
+    if not examples:
+        raise UserError(f"{path}: no examples; write one JSON object per line")
+    return examples
+
+
+def read_rerank(path: str | Path) -> list[RankingQuery]:
+    """Ranking queries of a JSONL file, in order of first appearance."""
+    expected = '{"query", "positive", "negatives"} or {"query", "passage", "label"}'
+    queries: dict[str, RankingQuery] = {}
+    for number, record in _records(path):
+        where = f"{path}:{number}"
+        text = _text(record, "query", where, expected)
+        entry = queries.setdefault(text, RankingQuery(text, line=number))
+        if "passage" in record:
+            passage = _text(record, "passage", where, expected)
+            label = record.get("label")
+            if "label" not in record:
+                raise UserError(f"{where}: missing field 'label'; each line needs {expected}")
+            if label not in (0, 1) or not isinstance(label, int | bool):
+                raise UserError(f"{where}: 'label' must be 0 or 1, got {_kind(label)} {label!r}")
+            (entry.positives if label else entry.negatives).append(passage)
+            continue
+        entry.positives.append(_text(record, "positive", where, expected))
+        negatives = record.get("negatives")
+        if "negatives" not in record:
+            raise UserError(f"{where}: missing field 'negatives'; each line needs {expected}")
+        if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+            raise UserError(f"{where}: 'negatives' must be a list of strings")
+        if not negatives:
+            raise UserError(f"{where}: 'negatives' is empty; give at least one negative passage")
+        entry.negatives.extend(negatives)
+    for entry in queries.values():
+        missing = "positive" if not entry.positives else "negative" if not entry.negatives else ""
+        if missing:
+            raise UserError(
+                f"{path}:{entry.line}: query {entry.query[:40]!r} has no {missing} passage; "
+                "each query needs at least one of each"
+            )
+    if not queries:
+        raise UserError(f"{path}: no queries; write one JSON object per line")
+    return list(queries.values())
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+class PairEncoder:
+    """Turns texts into padded cross-encoder rows; token ids are cached per text."""
+
+    def __init__(self, tokenizer, seq_len: int, max_query_tokens: int):
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+        self.max_query_tokens = max_query_tokens
+        self._ids: dict[str, np.ndarray] = {}
+
+    def _token_ids(self, texts: list[str]) -> list[np.ndarray]:
+        new = sorted({t for t in texts if t not in self._ids})
+        if new:
+            self._ids.update(zip(new, self.tokenizer.encode_batch(new), strict=True))
+        return [self._ids[t] for t in texts]
+
+    def row(self, first: np.ndarray, second: np.ndarray | None) -> tuple[list[int], list[int]]:
+        """``(input_ids, token_type_ids)`` of one row, truncated to ``seq_len``."""
+        cls, sep = self.tokenizer.cls_id, self.tokenizer.sep_id
+        if second is None:
+            ids = [cls, *first[: self.seq_len - 2].tolist(), sep]
+            return ids, [0] * len(ids)
+        room = self.seq_len - 3
+        keep_first = min(len(first), max(self.max_query_tokens, room - len(second)), room - 1)
+        keep_second = min(len(second), room - keep_first)
+        a, b = first[:keep_first].tolist(), second[:keep_second].tolist()
+        return [cls, *a, sep, *b, sep], [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+    def encode(self, pairs: list[tuple[str, str | None]]) -> dict[str, np.ndarray]:
+        """Rows ``[N, seq_len]``: input_ids, token_type_ids, segment_ids (0 = pad), positions."""
+        firsts = self._token_ids([a for a, _ in pairs])
+        seconds = self._token_ids([b for _, b in pairs if b is not None])
+        seconds_iter = iter(seconds)
+        shape = (len(pairs), self.seq_len)
+        batch = {
+            "input_ids": np.zeros(shape, np.int32),
+            "token_type_ids": np.zeros(shape, np.int32),
+            "segment_ids": np.zeros(shape, np.int32),
+            "positions": np.broadcast_to(np.arange(self.seq_len, dtype=np.int32), shape).copy(),
+        }
+        for i, ((_, b), first) in enumerate(zip(pairs, firsts, strict=True)):
+            ids, types = self.row(first, next(seconds_iter) if b is not None else None)
+            batch["input_ids"][i, : len(ids)] = ids
+            batch["token_type_ids"][i, : len(ids)] = types
+            batch["segment_ids"][i, : len(ids)] = 1
+        return batch
+
+
+# ----------------------------------------------------------------------------- training batches
+
+
+def _slots(step: int, batch_size: int, count: int, seed: int) -> np.ndarray:
+    """Example indices of the ``batch_size`` slots of ``step``: a fresh permutation per epoch."""
+    flat = np.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = np.divmod(flat, count)
+    out = np.empty(batch_size, np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng((seed, int(epoch))).permutation(count)
+        out[epochs == epoch] = order[offsets[epochs == epoch]]
+    return out
+
+
+def classify_batch(
+    examples: list[Labelled], encoder: PairEncoder, step: int, rows: slice, batch_size: int, seed
+) -> dict[str, np.ndarray]:
+    """This process's ``rows`` of the training batch of ``step``."""
+    chosen = [examples[i] for i in _slots(step, batch_size, len(examples), seed)[rows]]
+    batch = encoder.encode([(e.text_a, e.text_b) for e in chosen])
+    batch["labels"] = np.asarray([e.label for e in chosen], np.int32)
+    batch["weights"] = np.ones(len(chosen), np.float32)
+    return batch
+
+
+def rerank_batch(
+    queries: list[RankingQuery],
+    encoder: PairEncoder,
+    step: int,
+    rows: slice,
+    batch_size: int,
+    negatives: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """This process's queries of ``step``: per query 1 positive then ``negatives`` negatives.
+
+    Rows are query-major, ``[Q * (1 + negatives), L]``; ``weights [Q]`` marks the queries.
+    """
+    slots = _slots(step, batch_size, len(queries), seed)
+    pairs = []
+    for slot in range(batch_size)[rows]:
+        query = queries[slots[slot]]
+        rng = np.random.default_rng((seed, step, slot, 1))
+        positive = query.positives[rng.integers(len(query.positives))]
+        replace = len(query.negatives) < negatives
+        picked = rng.choice(len(query.negatives), negatives, replace=replace)
+        pairs += [(query.query, positive)] + [(query.query, query.negatives[i]) for i in picked]
+    batch = encoder.encode(pairs)
+    batch["weights"] = np.ones(len(range(batch_size)[rows]), np.float32)
+    return batch
+
+
+# ----------------------------------------------------------------------------- scoring input
+
+
+def _candidate_text(value, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for key in ("text", "passage"):
+            if isinstance(value.get(key), str):
+                return value[key]
+    raise UserError(f'{where}: a candidate must be a string or {{"text": ...}}, got {_kind(value)}')
+
+
+def read_candidates(path: str | Path) -> list[str]:
+    """Candidate texts, one per line: ``{"text"}``, ``{"passage"}`` or a JSON string."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; pass a JSONL file to --candidates")
+    texts = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                texts.append(_candidate_text(value, f"{path}:{number}"))
+    if not texts:
+        raise UserError(f"{path}: no candidates; write one JSON object per line")
+    return texts
+
+
+def read_scoring_queries(path: str | Path) -> list[tuple[str, list[str]]]:
+    """``(query, candidates)`` per line of ``{"query", "candidates": [...]}``."""
+    jobs = []
+    for number, record in _records(path):
+        where = f"{path}:{number}"
+        query = _text(record, "query", where, '{"query", "candidates"}')
+        candidates = record.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            raise UserError(f"{where}: 'candidates' must be a non-empty list")
+        jobs.append((query, [_candidate_text(c, where) for c in candidates]))
+    if not jobs:
+        raise UserError(f"{path}: no queries; write one JSON object per line")
+    return jobs
