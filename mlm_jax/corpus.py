@@ -23,13 +23,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlm_jax import sources
+from mlm_jax import artifacts, sources
 from mlm_jax.errors import UserError
 
 BUILDER_NAME = "mlm_jax_corpus"
@@ -137,17 +136,6 @@ def _check_existing(out: Path, request: dict, force: bool) -> dict | None:
     return None
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished staging dir to OUT; an existing OUT is retired only after."""
-    if out.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, retired / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out)
-
-
 def _count_splits(inputs: list[str], text_field: str, valid_fraction: float) -> dict[str, int]:
     """Documents per split, from a quick pass that only hashes."""
     counts = {"train": 0, "validation": 0}
@@ -213,9 +201,7 @@ def prepare(
     if not counts["validation"] and valid_fraction > 0:
         print("warning: no document fell into validation; add text for one", file=sys.stderr)
     nonempty = [split for split, count in counts.items() if count]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
+    with artifacts.staged_directory(out_path) as staging:
         builder = _build(staging, inputs, text_field, valid_fraction, nonempty)
         stats = builder.read_stats["train"]
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
@@ -232,10 +218,6 @@ def prepare(
             "builder_dir": os.path.relpath(builder.data_dir, staging),
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        staging.chmod(0o755)
-        _swap_into_place(staging, out_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out_path}: {splits} ({stats.summary()})", file=sys.stderr)
     return {**meta, "reused": False}
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -501,22 +499,10 @@ def write_export(
     files["mlm_jax.json"] = _json_bytes(
         {"config": config.model_dump(mode="json"), "manifest": manifest}
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        staging.chmod(0o755)
+    with artifacts.staged_directory(out) as staging:
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         for name, data in files.items():
             (staging / name).write_bytes(data)
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

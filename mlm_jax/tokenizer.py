@@ -14,16 +14,14 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mlm_jax import sources
+from mlm_jax import artifacts, sources
 from mlm_jax.errors import UserError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -172,22 +170,9 @@ def _json_bytes(value: dict) -> bytes:
 
 
 def _write_directory(out: Path, files: dict[str, bytes]) -> None:
-    """Write files into a temp dir beside ``out`` and swap it in atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)
-    try:
+    with artifacts.staged_directory(out) as staging:
         for name, data in files.items():
             (staging / name).write_bytes(data)
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 class Tokenizer:

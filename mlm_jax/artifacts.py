@@ -1,0 +1,40 @@
+"""Writing an artifact directory so that readers only ever see a whole one.
+
+Every stage that writes a directory (tokenizer, dataset, export) builds it in a
+hidden staging directory beside the target, then swaps it in with renames. A crash
+or an error leaves the previous directory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging directory; on a clean exit it replaces ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging.chmod(0o755)
+        yield staging
+        swap_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished ``staging`` to ``out``; an existing ``out`` is retired only after."""
+    if out.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, retired / out.name)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)
