@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mlm_jax import artifacts
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.config import Config, ModelConfig
 from mlm_jax.errors import UserError
