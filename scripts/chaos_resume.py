@@ -34,9 +34,11 @@ def _train_cmd(config: Path, workdir: Path) -> list[str]:
             "--workdir", str(workdir)]  # fmt: skip
 
 
-def _saving(workdir: Path) -> bool:
+def _tmp_dirs(workdir: Path) -> set[str]:
     folder = workdir / "checkpoints"
-    return folder.exists() and any("orbax-checkpoint-tmp" in p.name for p in folder.iterdir())
+    if not folder.exists():
+        return set()
+    return {p.name for p in folder.iterdir() if "orbax-checkpoint-tmp" in p.name}
 
 
 def _saved_steps(workdir: Path) -> list[int]:
@@ -46,14 +48,18 @@ def _saved_steps(workdir: Path) -> list[int]:
     )
 
 
-def _kill_once(config: Path, workdir: Path, rng: random.Random, during_save: bool, log) -> dict:
-    """Start training and SIGKILL it; returns what happened."""
+def _kill_once(
+    config: Path, workdir: Path, rng: random.Random, during_save: bool, span_s: float, log
+) -> dict:
+    """Start training and SIGKILL it: right after a new async save starts, or at a random
+    moment within ``span_s`` seconds. Returns what happened."""
+    stale = _tmp_dirs(workdir)  # left by an earlier kill: not a save of this process
     child = subprocess.Popen(_train_cmd(config, workdir), stdout=log, stderr=log)
     started = time.monotonic()
-    delay = rng.uniform(3.0, 15.0)
+    delay = rng.uniform(0.2, 0.6) * span_s
     while child.poll() is None and time.monotonic() - started < RUN_TIMEOUT_S:
-        if during_save and _saving(workdir):
-            time.sleep(rng.uniform(0.0, 0.05))
+        if during_save and _tmp_dirs(workdir) - stale:
+            time.sleep(rng.uniform(0.0, 0.1))
             break
         if not during_save and time.monotonic() - started >= delay:
             break
@@ -64,7 +70,7 @@ def _kill_once(config: Path, workdir: Path, rng: random.Random, during_save: boo
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         event["killed"] = True
-        event["tmp_dir_present"] = _saving(workdir)
+        event["new_tmp_dir_at_kill"] = bool(_tmp_dirs(workdir) - stale)
     else:
         event["killed"] = False
         event["exit_code"] = child.returncode
@@ -109,7 +115,11 @@ def main() -> int:
         reference_s = time.monotonic() - started
         events, restarts = [], 0
         for kill in range(args.kills):
-            events.append(_kill_once(args.config, chaos, rng, during_save=kill % 2 == 0, log=log))
+            events.append(
+                _kill_once(
+                    args.config, chaos, rng, during_save=kill % 2 == 0, span_s=reference_s, log=log
+                )
+            )
             if not events[-1]["killed"]:
                 break
         final = subprocess.run(_train_cmd(args.config, chaos), stdout=log, stderr=log)
@@ -125,7 +135,7 @@ def main() -> int:
     tail_equal = _metrics_tail(reference) == _metrics_tail(chaos)
     print(json.dumps({
         "kills": args.kills, "kills_landed": sum(e["killed"] for e in events),
-        "kills_during_save": sum(e["killed"] and e.get("tmp_dir_present", False) for e in events),
+        "kills_during_save": sum(e.get("new_tmp_dir_at_kill", False) for e in events),
         "restarts": restarts, "final_exit_code": final.returncode,
         "param_arrays": len(ref_params), "mismatched_arrays": mismatched[:10],
         "metrics_tail_identical": tail_equal, "reference_s": round(reference_s, 1),
