@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli, write_config
 
 from mlm_jax import config as config_lib
-from mlm_jax import finetune, finetune_data, sources
+from mlm_jax import finetune_data, sources
 from mlm_jax.errors import UserError
 from mlm_jax.ranking_metrics import classification_metrics, query_metrics
 
@@ -181,73 +181,3 @@ def test_pair_encoding_keeps_the_query_and_token_types(run_inputs):
     assert rows["input_ids"][1, short:].tolist() == [0] * (24 - short)
     whole_query = tok.encode("short").tolist()
     assert rows["input_ids"][1, 1 : 1 + len(whole_query)].tolist() == whole_query
-
-
-# ----------------------------------------------------------------------------- learning
-
-
-def test_reranker_beats_its_initialisation_and_exports_for_cross_encoder(
-    tmp_path, run_inputs, pretrained, datasets
-):
-    config = _finetune_config(
-        tmp_path / "rr.yaml", run_inputs, pretrained, task="rerank", loss="listwise",
-        train_file=str(datasets["rerank_train"]), eval_file=str(datasets["rerank_eval"]),
-        negatives_per_query=3, max_query_tokens=24,
-    )  # fmt: skip
-    summary = finetune.run(config, str(tmp_path / "run"))
-    print(
-        "rerank held-out MRR@10 / NDCG@10 / R@1 / R@10:",
-        *(f"{name}: " + " ".join(f"{summary[f'{name}/{m}']:.3f}" for m in
-          ("mrr@10", "ndcg@10", "recall@1", "recall@10")) for name in ("initial", "eval", "bm25")),
-    )  # fmt: skip
-    assert summary["eval/mrr@10"] > summary["initial/mrr@10"] + 0.05
-    assert summary["eval/ndcg@10"] > summary["initial/ndcg@10"]
-
-    # Resume: a finished run restores its checkpoint and stops.
-    again = finetune.run(config, str(tmp_path / "run"))
-    assert again["step"] == 60 and "initial/mrr@10" not in again
-
-    # Export, then CrossEncoder, mlm-jax score and our in-process scores agree.
-    out = tmp_path / "export"
-    finetune.export_finetuned(tmp_path / "run", out, verify=True)
-    queries = [json.loads(line) for line in datasets["rerank_eval"].read_text().splitlines()[:2]]
-    jobs = [{"query": q["query"], "candidates": [q["positive"], *q["negatives"][:4]]}
-            for q in queries]  # fmt: skip
-    _write_jsonl(tmp_path / "queries.jsonl", jobs)
-    result = run_cli("score", "--model", out, "--queries", tmp_path / "queries.jsonl",
-                     "--top-k", 5, check=True)  # fmt: skip
-    printed = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [p["query"] for p in printed] == [j["query"] for j in jobs]
-
-    from sentence_transformers import CrossEncoder
-
-    cross_encoder = CrossEncoder(str(out), device="cpu", local_files_only=True)
-    for job, ranked in zip(jobs, printed, strict=True):
-        theirs = cross_encoder.predict([(job["query"], c) for c in job["candidates"]])
-        ours = {item["text"]: item["score"] for item in ranked["results"]}
-        scores = [item["score"] for item in ranked["results"]]
-        assert scores == sorted(scores, reverse=True)
-        for candidate, score in zip(job["candidates"], theirs, strict=True):
-            assert abs(ours[candidate] - float(score)) <= 1e-4
-
-    # One query with a candidates file: same scores from the run directory.
-    _write_jsonl(tmp_path / "cands.jsonl", [{"text": c} for c in jobs[0]["candidates"]])
-    single = finetune.print_scores(
-        str(tmp_path / "run"), query=jobs[0]["query"], candidates=tmp_path / "cands.jsonl"
-    )
-    for item in single[0]["results"]:
-        assert abs(item["score"] - printed[0]["results"][item["rank"] - 1]["score"]) <= 1e-4
-
-
-def test_classifier_learns_speakers(tmp_path, run_inputs, pretrained, datasets):
-    config = _finetune_config(
-        tmp_path / "cls.yaml", run_inputs, pretrained, task="classify", num_labels=4,
-        train_file=str(datasets["classify_train"]), eval_file=str(datasets["classify_eval"]),
-    )  # fmt: skip
-    summary = finetune.run(config, str(tmp_path / "run"))
-    print(
-        f"classify held-out accuracy {summary['eval/accuracy']:.3f} macro-F1 "
-        f"{summary['eval/macro_f1']:.3f} (initial {summary['initial/accuracy']:.3f}, chance 0.25)"
-    )
-    assert summary["eval/accuracy"] > 0.35
-    assert summary["eval/macro_f1"] > 0.3
