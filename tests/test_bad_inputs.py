@@ -33,10 +33,10 @@ def world(run_inputs, real_text, tmp_path_factory) -> dict[str, Path]:
     run_cli("train", "--config", cfg, "--workdir", root / "run", check=True)
     run_cli("export", "--workdir", root / "run", "--out", root / "export", "--no-verify",
             check=True)  # fmt: skip
-    run_cli("tokenizer", "train", "--input", real_text, "--vocab-size", 300,
-            "--out", root / "tok300", check=True)  # fmt: skip
+    run_cli("tokenizer", "train", "--input", real_text, "--vocab-size", 400,
+            "--out", root / "tok400", check=True)  # fmt: skip
     return {"root": root, "run": root / "run", "export": root / "export",
-            "tok300": root / "tok300", "text": real_text, **run_inputs}  # fmt: skip
+            "tok400": root / "tok400", "text": real_text, **run_inputs}  # fmt: skip
 
 
 def _digest(roots) -> dict[str, str]:
@@ -91,9 +91,9 @@ CASES = [
     ("override-no-equals", lambda w, t: ["config", "show", "--set", "train.steps"], r"train\.steps"),
     ("heads-not-dividing", lambda w, t: ["config", "show", "--config", _yaml(t / "c.yaml", {"model": {"hidden_size": 30, "num_heads": 4}})], r"num_heads|hidden_size|divid"),
     # tokenizer train
-    ("tok-missing-input", lambda w, t: ["tokenizer", "train", "--input", t / "none.txt", "--vocab-size", 100, "--out", t / "tok"], r"none\.txt"),
-    ("tok-empty-input", lambda w, t: ["tokenizer", "train", "--input", _write(t / "e.txt", ""), "--vocab-size", 100, "--out", t / "tok"], r"empty|no text|no documents"),
-    ("tok-binary-input", lambda w, t: ["tokenizer", "train", "--input", _binary(t / "b.txt"), "--vocab-size", 100, "--out", t / "tok"], r"binary|utf-?8|text"),
+    ("tok-missing-input", lambda w, t: ["tokenizer", "train", "--input", t / "none.txt", "--vocab-size", 400, "--out", t / "tok"], r"none\.txt"),
+    ("tok-empty-input", lambda w, t: ["tokenizer", "train", "--input", _write(t / "e.txt", ""), "--vocab-size", 400, "--out", t / "tok"], r"empty|no text|no documents"),
+    ("tok-binary-input", lambda w, t: ["tokenizer", "train", "--input", _binary(t / "b.txt"), "--vocab-size", 400, "--out", t / "tok"], r"binary|utf-?8|text"),
     ("tok-vocab-too-small", lambda w, t: ["tokenizer", "train", "--input", w["text"], "--vocab-size", 3, "--out", t / "tok"], r"vocab"),
     ("tok-vocab-not-int", lambda w, t: ["tokenizer", "train", "--input", w["text"], "--vocab-size", "lots", "--out", t / "tok"], r"vocab-size"),
     # data prepare / peek
@@ -108,7 +108,7 @@ CASES = [
     ("train-batch-not-divisible", lambda w, t: ["train", "--config", _config(w, t, train={"global_batch_size": 12}), "--workdir", t / "r"], r"global_batch_size|divisib"),
     ("train-mesh-too-large", lambda w, t: ["train", "--config", _config(w, t, mesh={"data": 16}), "--workdir", t / "r"], r"mesh|device"),
     ("train-tokenizer-vocab-too-big", lambda w, t: ["train", "--config", _config(w, t, model={"vocab_size": 256}), "--workdir", t / "r"], r"vocab"),
-    ("train-other-tokenizer-resume", lambda w, t: ["train", "--config", _config(w, t, data={"tokenizer": str(w["tok300"])}), "--workdir", _copy(w["run"], t / "r")], r"tokenizer|vocab"),
+    ("train-other-tokenizer-resume", lambda w, t: ["train", "--config", _config(w, t, data={"tokenizer": str(w["tok400"])}), "--workdir", _copy(w["run"], t / "r")], r"tokenizer|vocab"),
     ("train-other-model-resume", lambda w, t: ["train", "--config", _config(w, t, model={"hidden_size": 64}), "--workdir", _copy(w["run"], t / "r")], r"hidden_size|model|checkpoint"),
     ("train-init-from-other-model", lambda w, t: ["train", "--config", _config(w, t, model={"hidden_size": 64, "init_from": str(w["run"])}), "--workdir", t / "r"], r"hidden_size|init_from|shape"),
     ("train-binary-dataset", lambda w, t: ["train", "--config", _config(w, t, data={"source": str(_binary_dir(t / "bin"))}), "--workdir", t / "r"], r"bin"),
@@ -153,12 +153,12 @@ def _binary_dir(path: Path) -> Path:
 
 
 def _truncated(run: Path, dest: Path) -> Path:
-    """A copy of the run whose largest file of checkpoint 4 lost its second half."""
+    """A copy of the run whose checkpoint 4 lost the second half of every array data file."""
     _copy(run, dest)
-    files = [p for p in (dest / "checkpoints" / "4").rglob("*") if p.is_file()]
-    biggest = max(files, key=lambda p: p.stat().st_size)
-    data = biggest.read_bytes()
-    biggest.write_bytes(data[: len(data) // 2])
+    for path in (dest / "checkpoints" / "4").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
     return dest
 
 
