@@ -128,7 +128,7 @@ def _leaf_names(cfg: ModelConfig, abstract: nnx.State) -> dict[tuple, tuple[str,
     return {path: lookup[path] for path in paths}
 
 
-def _gather(params: Any) -> Any:
+def gather_to_host(params: Any) -> Any:
     """Parameters as host numpy arrays; every process must call this (collective)."""
     from jax.experimental import multihost_utils
 
@@ -148,7 +148,7 @@ def to_hf_state_dict(config: Config, params: nnx.State) -> dict[str, np.ndarray]
     Gathers sharded parameters, so every process of a multi-host run must call it.
     """
     cfg = config.model
-    host = _gather(params)
+    host = gather_to_host(params)
     names = _leaf_names(cfg, host)
     tensors = {}
     for path, var in nnx.to_flat_state(host):
@@ -224,7 +224,7 @@ def hf_config(config: Config) -> dict[str, Any]:
             "architectures": ["BertForMaskedLM"],
             "model_type": "bert",
             **common,
-            "hidden_act": "gelu",  # exact erf GELU, as model._gelu
+            "hidden_act": "gelu",  # exact erf GELU, as model.gelu
             "hidden_dropout_prob": m.dropout_rate,
             "attention_probs_dropout_prob": m.attention_dropout_rate,
             "max_position_embeddings": m.max_position_embeddings,
@@ -284,13 +284,13 @@ def hf_tokenizer_files(tokenizer_dir: str | os.PathLike, config: Config) -> dict
         files = {name: (directory / name).read_bytes() for name in os.listdir(directory)}
         files = {k: v for k, v in files.items() if k.endswith((".json", ".txt"))}
         if "tokenizer_config.json" not in files:
-            files["tokenizer_config.json"] = _json_bytes(_tokenizer_config(config))
+            files["tokenizer_config.json"] = json_bytes(_tokenizer_config(config))
         return files
     backend = sentencepiece_to_tokenizers(directory / "spm.model")
     files = {
         "tokenizer.json": backend.to_str(pretty=True).encode(),
-        "tokenizer_config.json": _json_bytes(_tokenizer_config(config)),
-        "special_tokens_map.json": _json_bytes(
+        "tokenizer_config.json": json_bytes(_tokenizer_config(config)),
+        "special_tokens_map.json": json_bytes(
             {_SPECIAL_KEYS[token]: _added_token_dict(token) for token in _SPECIAL_KEYS}
         ),
     }
@@ -409,7 +409,7 @@ def sentencepiece_to_tokenizers(model_path: str | os.PathLike):
     return backend
 
 
-def _json_bytes(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode()
 
 
@@ -433,9 +433,9 @@ def export_run(
     from mlm_jax import distributed, train
 
     out = Path(out)
-    _check_out(out, force)
+    check_out_dir(out, force)
     config, _, params = train.load_run_params(str(workdir), step)
-    host_params = _gather(params)
+    host_params = gather_to_host(params)
     if jax.process_index() == 0:
         manifest_path = Path(workdir) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
@@ -444,7 +444,7 @@ def export_run(
         distributed.log(f"wrote {out} ({config.model.family}, {which})")
         if verify:
             print(verify_export(out, config, host_params))
-    _barrier("mlm_jax_export")
+    barrier("mlm_jax_export")
     return out
 
 
@@ -457,7 +457,7 @@ def _refusal(out: Path, force: bool) -> str:
     return ""
 
 
-def _check_out(out: Path, force: bool) -> None:
+def check_out_dir(out: Path, force: bool) -> None:
     """:func:`_refusal` decided by process 0 for all processes (a collective)."""
     problem = _refusal(out, force) if jax.process_index() == 0 else ""
     if jax.process_count() > 1:
@@ -470,7 +470,7 @@ def _check_out(out: Path, force: bool) -> None:
         raise UserError(problem)
 
 
-def _barrier(name: str) -> None:
+def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -496,8 +496,8 @@ def write_export(
         raise UserError(problem)
     tensors = to_hf_state_dict(config, params)
     files = hf_tokenizer_files(config.data.tokenizer, config)
-    files["config.json"] = _json_bytes(hf_config(config))
-    files["mlm_jax.json"] = _json_bytes(
+    files["config.json"] = json_bytes(hf_config(config))
+    files["mlm_jax.json"] = json_bytes(
         {"config": config.model_dump(mode="json"), "manifest": manifest}
     )
     with artifacts.staged_directory(out) as staging:
@@ -566,7 +566,7 @@ def our_logits(
     def forward(state, ids, segments, pos):
         return nnx.merge(graphdef, state).full_logits(ids, segments, pos)
 
-    logits = forward(_gather(params), input_ids, segment_ids, positions)
+    logits = forward(gather_to_host(params), input_ids, segment_ids, positions)
     return np.asarray(logits)[..., : cfg.vocab_size]
 
 
@@ -637,7 +637,7 @@ def _modern_model_config(path: Path, hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
@@ -709,7 +709,7 @@ def load_hf_checkpoint(path: str | os.PathLike, config: Config, seed: int = 0) -
         raise UserError(
             f"config does not match {path}: {', '.join(mismatched)}; set these model.* values"
         )
-    tensors = _canonical_names(_read_safetensors(path), config.model.family)
+    tensors = _canonical_names(read_safetensors(path), config.model.family)
     tied = "cls.predictions.decoder.weight" if config.model.family == "bert" else "decoder.weight"
     table = tensors.get(_table_name(config))
     if tied in tensors and table is not None and not np.array_equal(tensors[tied], table):

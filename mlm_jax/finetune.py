@@ -33,7 +33,7 @@ from mlm_jax import finetune_data as data_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 from mlm_jax.metrics import MetricsWriter, ProgressLine
-from mlm_jax.model import Dense, Encoder, LayerNorm, _dropout, _gelu
+from mlm_jax.model import Dense, Encoder, LayerNorm, dropout, gelu
 from mlm_jax.optim import make_optimizer
 from mlm_jax.ranking_metrics import classification_metrics, mean_ranking_metrics
 
@@ -67,8 +67,8 @@ class CrossEncoder(nnx.Module):
         if self.pooler_norm is None:
             pooled = jnp.tanh(self.pooler(cls))  # BertPooler
         else:
-            pooled = self.pooler_norm(_gelu(self.pooler(cls)))  # ModernBertPredictionHead
-        return self.classifier(_dropout(pooled, self.cfg.dropout_rate, head_key))  # [B, C]
+            pooled = self.pooler_norm(gelu(self.pooler(cls)))  # ModernBertPredictionHead
+        return self.classifier(dropout(pooled, self.cfg.dropout_rate, head_key))  # [B, C]
 
 
 def num_outputs(config) -> int:
@@ -177,7 +177,7 @@ def _pretrained_encoder(config, mesh):
     init = config.model.init_from
     path = Path(init[3:] if init.startswith("hf:") else init)
     if not init.startswith("hf:") and (path / "config.yaml").is_file():
-        return train._params_from_run(str(path), config, mesh)
+        return train.params_from_run(str(path), config, mesh)
     if (path / "config.json").is_file():
         return export.load_hf_checkpoint(path, config)
     raise UserError(
@@ -358,7 +358,7 @@ def run(config, workdir: str) -> dict:
     batches = _training_batches(config, tokenizer)
     eval_examples = _read_eval(config)
     run_manifest = manifest.build(config, tokenizer, mesh)
-    train._prepare_workdir(workdir_path, config, run_manifest)
+    train.prepare_workdir(workdir_path, config, run_manifest)
     checkpointer = checkpoint.Checkpointer(workdir_path, config)
     try:
         return _finetune(
@@ -410,7 +410,7 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
         evaluator = Evaluator(config, scorer, eval_examples)
     writer = MetricsWriter(workdir, enabled=distributed.is_primary())
     writer.truncate_after(first_step)
-    stop = train._StopRequest()
+    stop = train.StopRequest()
     stop.install()
     try:
         return _loop(config, mesh, state, first_step, batches, train_step, evaluator, writer,
@@ -444,7 +444,7 @@ def _loop(config, mesh, state, first_step, batches, train_step, evaluator, write
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         step_number += 1
         window_steps += 1
-        if not train._check_finite(config, metrics, step_number, ckpt):
+        if not train.check_finite(config, metrics, step_number, ckpt):
             skipped += 1
         metrics["train/skipped_steps"] = skipped
         if step_number % config.train.log_every == 0 or step_number == total:

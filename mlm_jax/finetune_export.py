@@ -43,7 +43,7 @@ _ARCHITECTURES = {
 def to_hf_tensors(config, params: nnx.State) -> dict[str, np.ndarray]:
     """Our fine-tuned parameters -> HF sequence-classification tensors (collective)."""
     family = config.model.family
-    host = export._gather(params)
+    host = export.gather_to_host(params)
     tensors = {
         name: value
         for name, value in export.to_hf_state_dict(config, host["encoder"]).items()
@@ -108,7 +108,7 @@ def read_export(directory: Path):
     saved["data"]["tokenizer"] = str(directory)  # the export carries its tokenizer
     saved["mesh"] = {"data": -1, "fsdp": 1, "tensor": 1}
     config = config_lib.from_dict(saved, origin=str(directory / "mlm_jax.json"))
-    return config, from_hf_tensors(config, export._read_safetensors(directory))
+    return config, from_hf_tensors(config, export.read_safetensors(directory))
 
 
 def export_finetuned(workdir, out, step: int | None, force: bool, verify: bool) -> Path:
@@ -118,23 +118,23 @@ def export_finetuned(workdir, out, step: int | None, force: bool, verify: bool) 
     from mlm_jax.finetune import load_run
 
     out = Path(out)
-    export._check_out(out, force)
+    export.check_out_dir(out, force)
     config, _, params = load_run(str(workdir), step)
     tensors = to_hf_tensors(config, params)
     if jax.process_index() == 0:
         manifest_path = Path(workdir) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         files = export.hf_tokenizer_files(config.data.tokenizer, config)
-        files["config.json"] = export._json_bytes(hf_classifier_config(config))
-        files["mlm_jax.json"] = export._json_bytes(
+        files["config.json"] = export.json_bytes(hf_classifier_config(config))
+        files["mlm_jax.json"] = export.json_bytes(
             {"config": config.model_dump(mode="json"), "manifest": manifest}
         )
         files["model.safetensors"] = save(tensors, metadata={"format": "pt"})
-        tokenizer_lib._write_directory(out, files)
+        tokenizer_lib.write_directory(out, files)
         distributed.log(f"wrote {out} ({_ARCHITECTURES[config.model.family]})")
         if verify:
             print(verify_export(out))
-    export._barrier("mlm_jax_export_finetuned")
+    export.barrier("mlm_jax_export_finetuned")
     return out
 
 

@@ -38,7 +38,7 @@ def load_model(path: str | os.PathLike):
         saved = json.loads((directory / "mlm_jax.json").read_text())["config"]
         saved["data"]["tokenizer"] = str(directory)  # the export carries its tokenizer
         config = config_lib.from_dict(saved, origin=str(directory / "mlm_jax.json"))
-        params = export.from_hf_state_dict(config, export._read_safetensors(directory))
+        params = export.from_hf_state_dict(config, export.read_safetensors(directory))
     elif (directory / "config.json").is_file():
         model = export.hf_model_config(directory)
         seq_len = min(512, model.get("max_position_embeddings", 512))

@@ -69,7 +69,7 @@ def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None,
     return nnx.Param(init(rngs.params(), shape, jnp.float32))
 
 
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout; ``key=None`` means deterministic (eval)."""
     if key is None or rate == 0.0:
         return x
@@ -94,7 +94,7 @@ def _lookup(table: jax.Array, ids: jax.Array, table_axes) -> jax.Array:
     return constrain(rows, ("batch", "length", "act_embed"))
 
 
-def _gelu(x: jax.Array) -> jax.Array:
+def gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)  # exact erf, HF "gelu"
 
 
@@ -163,7 +163,7 @@ def attention_with_dropout(q, k, v, mask, dropout_rate: float, key: jax.Array | 
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = _dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # [B, H, L, L]
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # [B, H, L, L]
     return jnp.einsum(
         "bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
     )
@@ -211,9 +211,9 @@ class BertBlock(nnx.Module):
             q, k, v, mask, dtype=self.dtype, dropout_rate=cfg.attention_dropout_rate, key=attn_key
         )
         a = self.attention_output(a.reshape(x.shape))  # [B, L, D]
-        x = self.attention_norm(x + _dropout(a, cfg.dropout_rate, attn_out_key))
-        h = self.output(_gelu(self.intermediate(x)))  # [B, L, D]
-        x = self.output_norm(x + _dropout(h, cfg.dropout_rate, mlp_key))
+        x = self.attention_norm(x + dropout(a, cfg.dropout_rate, attn_out_key))
+        h = self.output(gelu(self.intermediate(x)))  # [B, L, D]
+        x = self.output_norm(x + dropout(h, cfg.dropout_rate, mlp_key))
         return constrain(x, ("batch", "length", "act_embed"))
 
 
@@ -247,10 +247,10 @@ class ModernBlock(nnx.Module):
             q, k, v, mask, dtype=self.dtype, dropout_rate=cfg.attention_dropout_rate, key=attn_key
         )
         a = self.Wo(a.reshape(x.shape))
-        x = x + _dropout(a, cfg.attention_dropout_rate, attn_out_key)  # HF attn.out_drop
+        x = x + dropout(a, cfg.attention_dropout_rate, attn_out_key)  # HF attn.out_drop
         gated = self.Wi(self.mlp_norm(x))  # [B, L, 2, I]
-        h = _gelu(gated[:, :, 0]) * gated[:, :, 1]
-        x = x + self.mlp_Wo(_dropout(h, cfg.dropout_rate, mlp_key))
+        h = gelu(gated[:, :, 0]) * gated[:, :, 1]
+        x = x + self.mlp_Wo(dropout(h, cfg.dropout_rate, mlp_key))
         return constrain(x, ("batch", "length", "act_embed"))
 
 
@@ -312,7 +312,7 @@ class MLMHead(nnx.Module):
         self.decoder_bias = _param(rngs, _zeros, (cfg.padded_vocab_size,), ("vocab",))
 
     def __call__(self, hidden: jax.Array, table: jax.Array) -> jax.Array:
-        h = self.norm(_gelu(self.dense(hidden)))  # [..., D]
+        h = self.norm(gelu(self.dense(hidden)))  # [..., D]
         logits = jnp.einsum(
             "...d,vd->...v",
             h.astype(self.dtype),
@@ -364,7 +364,7 @@ class Encoder(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         keys = _split_key(dropout_key, len(self.layers) + 1)
         x = self.embeddings(input_ids, positions, token_type_ids)  # [B, L, D]
-        x = constrain(_dropout(x, self.cfg.dropout_rate, keys[0]), ("batch", "length", "act_embed"))
+        x = constrain(dropout(x, self.cfg.dropout_rate, keys[0]), ("batch", "length", "act_embed"))
         mask = segment_mask(segment_ids)  # [B, 1, L, L]
         for layer, key in zip(self.layers, keys[1:], strict=True):
             x = layer(x, mask, positions, key)

@@ -159,7 +159,7 @@ def train_tokenizer(
         "input_fingerprint": sources.fingerprint(inputs),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }
-    _write_directory(out_path, {"spm.model": model_bytes, "meta.json": _json_bytes(meta)})
+    write_directory(out_path, {"spm.model": model_bytes, "meta.json": _json_bytes(meta)})
     elapsed = time.monotonic() - started
     print(f"wrote {out_path}/spm.model in {elapsed:.1f}s", file=sys.stderr, flush=True)
     return meta
@@ -169,7 +169,7 @@ def _json_bytes(value: dict) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _write_directory(out: Path, files: dict[str, bytes]) -> None:
+def write_directory(out: Path, files: dict[str, bytes]) -> None:
     with artifacts.staged_directory(out) as staging:
         for name, data in files.items():
             (staging / name).write_bytes(data)

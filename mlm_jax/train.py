@@ -25,7 +25,7 @@ from mlm_jax.errors import UserError
 from mlm_jax.metrics import MetricsWriter, ProgressLine
 
 
-class _StopRequest:
+class StopRequest:
     """Set by SIGTERM/SIGINT; the loop finishes its step, saves and exits 0."""
 
     def __init__(self):
@@ -87,7 +87,7 @@ def _state_from_params(config, mesh, params, shardings: step.TrainState) -> step
     return jax.jit(build, out_shardings=shardings)(params)
 
 
-def _params_from_run(run_dir: str, config, mesh):
+def params_from_run(run_dir: str, config, mesh):
     """Parameters of another run's newest checkpoint, placed on this mesh."""
     other = config_lib.load(Path(run_dir) / "config.yaml")
     mismatch = manifest.model_shape_changes(other.model, config.model)
@@ -113,7 +113,7 @@ def _initial_params(config, mesh):
         raise UserError(
             f"model.init_from={init} is neither a run directory nor hf:PATH; fix the path"
         )
-    return _params_from_run(init, config, mesh)
+    return params_from_run(init, config, mesh)
 
 
 def _start_state(config, mesh, checkpointer):
@@ -133,7 +133,7 @@ def _start_state(config, mesh, checkpointer):
     return 0, state, None, graphdef, shardings
 
 
-def _prepare_workdir(workdir: Path, config, run_manifest: dict) -> None:
+def prepare_workdir(workdir: Path, config, run_manifest: dict) -> None:
     """Check a resumed run still matches, then record its config and manifest."""
     previous = manifest.read(workdir)
     if previous is not None:
@@ -179,7 +179,7 @@ class Evaluator:
         }
 
 
-def _check_finite(config, metrics: dict, step_number: int, checkpointer) -> bool:
+def check_finite(config, metrics: dict, step_number: int, checkpointer) -> bool:
     """True when the step was good; raises or counts per ``train.on_nonfinite``."""
     if metrics["train/nonfinite"] == 0.0:
         return True
@@ -200,7 +200,7 @@ def run(config, workdir: str) -> dict:
     tokenizer = pipeline.load_checked_tokenizer(config)
     mesh = sharding.make_mesh(config)
     run_manifest = manifest.build(config, tokenizer, mesh)
-    _prepare_workdir(workdir_path, config, run_manifest)
+    prepare_workdir(workdir_path, config, run_manifest)
     checkpointer = checkpoint.Checkpointer(workdir_path, config)
     try:
         return _train(config, workdir_path, mesh, checkpointer)
@@ -219,7 +219,7 @@ def _train(config, workdir: Path, mesh, checkpointer) -> dict:
     evaluator = Evaluator(config, mesh, graphdef, shardings.params, config.train.eval_batches)
     writer = MetricsWriter(workdir, enabled=distributed.is_primary())
     writer.truncate_after(first_step)
-    stop = _StopRequest()
+    stop = StopRequest()
     stop.install()
     try:
         summary = _loop(
@@ -245,7 +245,7 @@ def _loop(config, mesh, state, first_step, data, train_step, evaluator, writer, 
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         step_number += 1
         window_steps += 1
-        if not _check_finite(config, metrics, step_number, ckpt):
+        if not check_finite(config, metrics, step_number, ckpt):
             skipped += 1
         metrics["train/skipped_steps"] = skipped
         if step_number % config.train.log_every == 0 or step_number == total:
