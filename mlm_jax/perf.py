@@ -27,18 +27,24 @@ _PUBLISHED_BF16_PEAK = {
 
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int = 8) -> float:
-    """FLOP/s of a ``size``² matmul on the default device for the model's dtype path."""
+    """FLOP/s of one device on a jitted ``size``² matmul, for the model's dtype path.
+
+    fp32, or bf16 inputs accumulating in fp32; the best of three timed rounds.
+    """
     compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(key_a, (size, size), compute)
     b = jax.random.normal(key_b, (size, size), compute)
     matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     matmul(a, b).block_until_ready()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        out = matmul(a, b)
-    out.block_until_ready()
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            out = matmul(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * size**3 / best
 
 
 @functools.cache

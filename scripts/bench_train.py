@@ -16,12 +16,11 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mlm_jax import config as config_lib
 from mlm_jax import model as model_lib
-from mlm_jax import sharding
+from mlm_jax import perf, sharding
 from mlm_jax import step as step_lib
 
 
@@ -43,23 +42,6 @@ def random_batch(config, rows: int, seed: int) -> dict[str, np.ndarray]:
         "mlm_labels": rng.integers(5, config.model.vocab_size, (rows, slots)).astype(np.int32),
         "mlm_weights": np.ones((rows, slots), np.float32),
     }
-
-
-def matmul_peak(dtype: str, size: int, repeats: int = 10) -> float:
-    """FLOP/s of a jitted ``size``² matmul: fp32, or bf16 inputs accumulating in fp32."""
-    compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), compute)
-    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), compute)
-    matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    matmul(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        for _ in range(repeats):
-            out = matmul(a, b)
-        out.block_until_ready()
-        best = min(best, (time.perf_counter() - started) / repeats)
-    return 2 * size**3 / best * jax.local_device_count()
 
 
 def main() -> None:
@@ -97,7 +79,9 @@ def main() -> None:
     tokens_per_s = config.train.global_batch_size * config.data.seq_len / step_s
     model_flops = model_lib.flops_per_token(config) * tokens_per_s
     on_cpu = jax.devices()[0].platform == "cpu"
-    peak = matmul_peak(config.model.dtype, size=2048 if on_cpu else 8192)
+    # Simulated CPU devices share the host's cores; accelerators each bring their own.
+    devices = 1 if on_cpu else jax.local_device_count()
+    peak = perf.measure_matmul_peak(config.model.dtype, size=2048 if on_cpu else 8192) * devices
     print(
         json.dumps(
             {
