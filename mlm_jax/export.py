@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import yaml
 from flax import nnx
 
 from mlm_jax import artifacts
@@ -432,6 +433,11 @@ def export_run(
     """
     from mlm_jax import distributed, train
 
+    run_config = Path(workdir) / "config.yaml"
+    if run_config.is_file() and (yaml.safe_load(run_config.read_text()) or {}).get("finetune"):
+        from mlm_jax import finetune  # a fine-tuned run exports as a sequence classifier
+
+        return finetune.export_finetuned(workdir, out, step, force, verify)
     out = Path(out)
     check_out_dir(out, force)
     config, _, params = train.load_run_params(str(workdir), step)

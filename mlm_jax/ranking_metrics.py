@@ -1,37 +1,63 @@
 """Held-out metrics of fine-tuned models: ranking (MRR, NDCG, recall) and classification.
 
-Ranking ties are broken pessimistically (a relevant candidate ranks after an irrelevant
-one with the same score), so a model that scores everything alike gets no credit for
-the order the candidates happen to be listed in.
+Ties are scored by their expectation under uniformly random tie-breaking: candidates
+with equal scores share the ranks they span, so neither the order the candidates are
+listed in nor a tie rule favours anyone (BM25 gives many candidates the same score; a
+model that scores everything alike gets exactly the random-ranking metrics).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 
-def rank_relevance(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """Relevance flags (0/1) of the candidates sorted by descending score."""
-    order = np.lexsort((np.asarray(relevant, np.int32), -np.asarray(scores, np.float64)))
-    return np.asarray(relevant, np.int32)[order]
+def _tie_groups(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sizes, relevant_counts)`` of the groups of equal scores, best group first."""
+    _, group, sizes = np.unique(-np.asarray(scores, np.float64), return_inverse=True,
+                                return_counts=True)  # fmt: skip
+    counts = np.bincount(group, weights=np.asarray(relevant, np.float64), minlength=len(sizes))
+    return sizes, counts.astype(np.int64)
+
+
+def expected_relevance(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Expected relevance (0..1) at each rank, best first, under random tie-breaking."""
+    sizes, counts = _tie_groups(scores, relevant)
+    return np.repeat(counts / sizes, sizes)
+
+
+def _expected_reciprocal_rank(scores, relevant, cutoff: int) -> float:
+    """E[1 / rank of the first relevant candidate] (0 beyond ``cutoff``), ties random."""
+    sizes, counts = _tie_groups(scores, relevant)
+    group = int(np.flatnonzero(counts)[0])
+    first, size, hits = int(sizes[:group].sum()), int(sizes[group]), int(counts[group])
+    # P(the group's first relevant candidate sits at offset j) = C(size-j-1, hits-1) / C(size, hits)
+    return sum(
+        math.comb(size - j - 1, hits - 1) / math.comb(size, hits) / (first + j + 1)
+        for j in range(size - hits + 1)
+        if first + j < cutoff
+    )
 
 
 def query_metrics(scores: np.ndarray, relevant: np.ndarray, cutoff: int = 10) -> dict[str, float]:
-    """MRR@cutoff, NDCG@cutoff, Recall@1 and Recall@cutoff of one query (binary relevance)."""
-    ranked = rank_relevance(scores, relevant)
-    total = int(ranked.sum())
+    """MRR@cutoff, NDCG@cutoff, Recall@1 and Recall@cutoff of one query (binary relevance).
+
+    Each is its expectation over the orders of tied candidates (random tie-breaking).
+    """
+    gains = expected_relevance(scores, relevant)
+    total = float(np.sum(relevant))
     if total == 0:
         raise ValueError("a query without relevant candidates has no ranking metrics")
-    hits = np.flatnonzero(ranked[:cutoff])
     discounts = 1.0 / np.log2(np.arange(2, cutoff + 2))
-    ideal = discounts[: min(total, cutoff)].sum()
+    top = gains[:cutoff]
+    ideal = discounts[: min(int(total), cutoff)].sum()
     return {
-        f"mrr@{cutoff}": 1.0 / (hits[0] + 1) if hits.size else 0.0,
-        f"ndcg@{cutoff}": float(discounts[hits].sum() / ideal),
-        "recall@1": float(ranked[:1].sum() / total),
-        f"recall@{cutoff}": float(ranked[:cutoff].sum() / total),
+        f"mrr@{cutoff}": float(_expected_reciprocal_rank(scores, relevant, cutoff)),
+        f"ndcg@{cutoff}": float(np.dot(discounts[: len(top)], top) / ideal),
+        "recall@1": float(gains[0] / total),
+        f"recall@{cutoff}": float(top.sum() / total),
     }
 
 

@@ -150,16 +150,26 @@ def test_bad_jsonl_exits_2_with_one_line(tmp_path, run_inputs):
 
 
 def test_ranking_metrics_by_hand():
-    # Relevant at ranks 2 and 4 of 5 (one tie broken against the relevant candidate).
+    # Relevant at rank 2 and in a tie for ranks 3-4 (expected relevance 1/2 at each).
     scores = np.asarray([0.9, 0.5, 0.7, 0.1, 0.5])
     relevant = np.asarray([0, 0, 1, 0, 1])
     metrics = query_metrics(scores, relevant)
     ideal = 1 + 1 / np.log2(3)
     assert metrics["mrr@10"] == pytest.approx(0.5)
-    assert metrics["ndcg@10"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(5)) / ideal)
+    expected_dcg = 1 / np.log2(3) + 0.5 / np.log2(4) + 0.5 / np.log2(5)
+    assert metrics["ndcg@10"] == pytest.approx(expected_dcg / ideal)
     assert metrics["recall@1"] == 0.0 and metrics["recall@10"] == 1.0
-    flat = query_metrics(np.zeros(4), np.asarray([1, 0, 0, 0]))
-    assert flat["mrr@10"] == pytest.approx(0.25)  # constant scores earn the worst rank
+    # Constant scores earn the random-ranking expectation, whatever the listing order.
+    for flat_relevant in ([1, 0, 0, 0], [0, 0, 0, 1]):
+        flat = query_metrics(np.zeros(4), np.asarray(flat_relevant))
+        assert flat["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+        assert flat["recall@1"] == pytest.approx(0.25)
+    # Two relevant among four tied: first relevant at offset 0, 1, 2 w.p. 3/6, 2/6, 1/6.
+    pair = query_metrics(np.zeros(4), np.asarray([0, 1, 1, 0]))
+    assert pair["mrr@10"] == pytest.approx(3 / 6 + 2 / 6 / 2 + 1 / 6 / 3)
+    assert query_metrics(np.zeros(16), np.eye(16)[3], cutoff=10)["recall@10"] == pytest.approx(
+        10 / 16
+    )
     cls = classification_metrics(np.asarray([0, 0, 1, 2]), np.asarray([0, 1, 1, 2]))
     assert cls["accuracy"] == 0.75
     assert cls["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
