@@ -46,8 +46,11 @@ class StopRequest:
     def requested(self, step_number: int) -> bool:
         if jax.process_count() == 1:
             return self.signal_name is not None
-        # All processes must stop at the same step: JAX's sync point agrees on one.
-        if multihost_utils.reached_preemption_sync_point(step_number):
+        # All processes must stop at the same step. Our handler replaced the SIGTERM handler
+        # of JAX's preemption notifier, so the processes share their flags every step (the
+        # loop syncs on the metrics anyway); JAX's sync point still relays cluster notices.
+        signalled = multihost_utils.process_allgather(np.int32(self.signal_name is not None))
+        if signalled.any() or multihost_utils.reached_preemption_sync_point(step_number):
             self.signal_name = self.signal_name or "SIGTERM"
             return True
         return False

@@ -69,13 +69,21 @@ for ((i = 0; i < count; i++)); do
   pids+=("$pid")
   index_of[$pid]=$i
   running[$pid]=1
-  tail --pid="$pid" -n +1 -F "$log_dir/process-$i.log" 2>/dev/null | prefix "[process $i] " >&2 &
+  # The echoes ignore SIGINT/SIGTERM (a Ctrl-C hits the whole terminal group) so the last
+  # words of a stopping process still show; they end when their process does.
+  (
+    trap '' INT TERM
+    tail --pid="$pid" -n +1 -F "$log_dir/process-$i.log" 2>/dev/null | prefix "[process $i] " >&2
+  ) &
   echoes+=($!)
-  if [[ $i -eq 0 ]]; then
-    tail --pid="$pid" -n +1 -F "$log_dir/process-$i.out" 2>/dev/null &
-  else
-    tail --pid="$pid" -n +1 -F "$log_dir/process-$i.out" 2>/dev/null | prefix "[process $i] " &
-  fi
+  (
+    trap '' INT TERM
+    if [[ $i -eq 0 ]]; then
+      tail --pid="$pid" -n +1 -F "$log_dir/process-$i.out" 2>/dev/null
+    else
+      tail --pid="$pid" -n +1 -F "$log_dir/process-$i.out" 2>/dev/null | prefix "[process $i] "
+    fi
+  ) &
   echoes+=($!)
 done
 
@@ -93,14 +101,17 @@ while [[ ${#running[@]} -gt 0 ]]; do
   finished=""
   wait -n -p finished "${!running[@]}"
   rc=$?
-  [[ -n "$finished" ]] || continue # a forwarded signal interrupted the wait
+  [[ -n "${finished:-}" ]] || continue # a forwarded signal interrupted the wait
   unset "running[$finished]"
   if [[ $rc -ne 0 && $status -eq 0 ]]; then
     status=$rc
     echo "launch_local: process ${index_of[$finished]} exited with code $rc;" \
       "stopping the others (log: $log_dir/process-${index_of[$finished]}.log)" >&2
     signal_all TERM
-    ( sleep "$grace"; for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done ) &
+    (
+      sleep "$grace"
+      for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
+    ) >/dev/null 2>&1 &
     stopper=$!
   fi
 done

@@ -205,32 +205,47 @@ def test_two_process_export_equals_one_process_export(runs):
     ]
 
 
-def test_killed_process_brings_down_its_peer(run_inputs, tmp_path):
-    """SIGKILL on process 1 mid-training: process 0 exits with JAX's message, bounded.
+def _wait_for(log: Path, text: str, *children: subprocess.Popen) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline and not (log.exists() and text in log.read_text()):
+        for child in children:
+            assert child.poll() is None, f"{child.args} ended early:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    assert text in log.read_text(), f"{text!r} never appeared in {log}"
+
+
+def test_sigterm_stops_every_process_and_a_killed_one_brings_down_its_peer(run_inputs, tmp_path):
+    """SIGTERM to the launcher: all processes save one step and exit 0. Resumed, then
+    SIGKILL on process 1: process 0 exits with JAX's message within the heartbeat timeout.
 
     One device per process: the smallest job that trains over gloo starts fastest."""
+    cfg = write_config(tmp_path / "run.yaml", run_inputs, train={"steps": 100000, "log_every": 1})
+    workdir, logs = tmp_path / "run", tmp_path / "logs"
+    launcher = _launch(logs, "train", "--config", cfg, "--workdir", workdir, devices=1)
+    _wait_for(logs / "process-1.log", "step 1/", launcher)
+    launcher.send_signal(signal.SIGTERM)
+    (stderr,) = _finish(launcher)
+    for p in range(2):
+        assert f"[process {p}] SIGTERM: saved step" in stderr, stderr[-3000:]
+    saved = max(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit())
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = dict(_env(1), MLM_JAX_COORDINATOR=f"127.0.0.1:{port}", MLM_JAX_NUM_PROCESSES="2",
                MLM_JAX_HEARTBEAT_TIMEOUT_S=str(HEARTBEAT_S))  # fmt: skip
-    cfg = write_config(tmp_path / "run.yaml", run_inputs, train={"steps": 100000, "log_every": 1})
     args = [sys.executable, "-m", "mlm_jax.cli", "train", "--config", str(cfg),
-            "--workdir", str(tmp_path / "run")]  # fmt: skip
-    logs = [tmp_path / f"process-{p}.log" for p in range(2)]
+            "--workdir", str(workdir)]  # fmt: skip
+    logs = [tmp_path / f"direct-{p}.log" for p in range(2)]
     children = []
-    for p in range(2):
+    for p in range(2):  # no launcher: it would stop the survivor itself
         with logs[p].open("w") as log:
             children.append(subprocess.Popen(
                 args, stdout=subprocess.DEVNULL, stderr=log,
                 env=dict(env, MLM_JAX_PROCESS_ID=str(p)),
             ))  # fmt: skip
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline and "step 1/" not in logs[1].read_text():
-            assert children[0].poll() is None and children[1].poll() is None, logs[0].read_text()
-            time.sleep(0.2)
-        assert "step 1/" in logs[1].read_text(), "training never started"
+        _wait_for(logs[1], f"step {saved + 1}/", *children)
         children[1].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         children[0].wait(timeout=HEARTBEAT_S + 60)
@@ -241,8 +256,9 @@ def test_killed_process_brings_down_its_peer(run_inputs, tmp_path):
                 child.kill()
                 child.wait()
     print(f"process 0 exited {took:.1f} s after process 1 was killed")
-    assert children[0].returncode != 0
     stderr = logs[0].read_text()
+    assert f"resumed from checkpoint step {saved}" in stderr
+    assert children[0].returncode != 0
     assert "another task died" in stderr or "unhealthy" in stderr, stderr[-3000:]
 
 
