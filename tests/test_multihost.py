@@ -263,15 +263,16 @@ def test_sigterm_stops_every_process_and_a_killed_one_brings_down_its_peer(run_i
 
 
 def test_launcher_stops_every_process_when_one_fails(tmp_path):
-    """A stand-in interpreter: process 1 fails at once, process 0 would sleep for minutes."""
+    """A stand-in interpreter: process 1 fails once process 0 runs, which would sleep 5 min."""
     fake = tmp_path / "fake-python"
     fake.write_text(
         "#!/usr/bin/env bash\n"
         f'if [ "$1" = -c ]; then exec {sys.executable} "$@"; fi  # the launcher picking a port\n'
         'echo "process $MLM_JAX_PROCESS_ID of $MLM_JAX_NUM_PROCESSES at $MLM_JAX_COORDINATOR '
         '$XLA_FLAGS args $*" >&2\n'
-        'if [ "$MLM_JAX_PROCESS_ID" = 1 ]; then echo "boom" >&2; exit 3; fi\n'
-        "exec sleep 300\n"
+        f'if [ "$MLM_JAX_PROCESS_ID" = 0 ]; then touch {tmp_path}/started; exec sleep 300; fi\n'
+        f"until [ -e {tmp_path}/started ]; do sleep 0.05; done\n"
+        'echo "boom" >&2; exit 3\n'
     )
     fake.chmod(0o755)
     start = time.monotonic()
