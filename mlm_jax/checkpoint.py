@@ -22,6 +22,7 @@ same dict on every process).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import logging
@@ -40,6 +41,21 @@ from orbax.checkpoint import checkpoint_managers as policies
 from mlm_jax.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+    """Orbax logs a failed async write with its traceback from background threads, then
+    raises it again on the next wait, where we report it in one line naming the fix;
+    keep its log records to their first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "orbax" in record.pathname:
+            record.msg = record.getMessage().splitlines()[0][:300]
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged"
@@ -63,6 +79,7 @@ class Checkpointer:
     def __init__(self, workdir: str | os.PathLike, config: Any):
         self.config = config
         self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+        self._failed = False
         self._manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={name: handler() for name, handler in _ITEM_HANDLERS.items()},
@@ -101,16 +118,60 @@ class Checkpointer:
             data=ocp.args.JsonSave(dict(data_state)),
             meta=ocp.args.JsonSave(meta),
         )
+        self._check_free_space(step, state)
         clean_metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
-        return self._manager.save(step, args=items, metrics=clean_metrics, force=True)
+        with self._write_errors_as_user_errors():
+            return self._manager.save(step, args=items, metrics=clean_metrics, force=True)
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is committed to disk."""
-        self._manager.wait_until_finished()
+        with self._write_errors_as_user_errors():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Finish the save in flight and release Orbax's threads."""
-        self._manager.close()
+        if self._failed:
+            return  # the failed save was reported; closing would raise it again
+        with self._write_errors_as_user_errors():
+            self._manager.close()
+
+    def _check_free_space(self, step: int, state: Any) -> None:
+        """Refuse a save the disk cannot hold before writing a byte of it.
+
+        A write that fails half-way is still safe (the step is never committed), but
+        TensorStore's background threads report it noisily; most full disks are
+        caught here instead.
+        """
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state) if hasattr(leaf, "nbytes"))
+        needed = int(needed * 1.05) + (1 << 20)  # metadata, JSON items, OCDBT manifests
+        os.makedirs(self.directory, exist_ok=True)
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise UserError(
+                f"not enough disk space for the checkpoint of step {step} in {self.directory}: "
+                f"needs about {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB free; free space, "
+                "then rerun to resume from the newest checkpoint"
+            )
+
+    @contextlib.contextmanager
+    def _write_errors_as_user_errors(self):
+        """An async write that failed (disk full, permissions) surfaces here as one line.
+
+        Orbax commits a step by renaming its tmp directory, so the failed step never
+        becomes a checkpoint and the previous ones stay intact.
+        """
+        try:
+            yield
+        except (OSError, ValueError, RuntimeError) as exc:
+            if self._failed or "rror writing" not in str(exc) and not isinstance(exc, OSError):
+                raise
+            self._failed = True
+            previous = [s for s in self._manager.all_steps() if s is not None]
+            kept = f"newest intact checkpoint: step {max(previous)}" if previous else "none saved"
+            raise UserError(
+                f"could not write a checkpoint in {self.directory} ({_describe(exc)}); "
+                f"free disk space or fix permissions, then rerun to resume ({kept})"
+            ) from None
 
     def __enter__(self) -> Checkpointer:
         return self

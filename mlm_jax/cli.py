@@ -291,5 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console-script entry point."""
+    code = main()
+    if code == 2:
+        # A refused run may leave Orbax/TensorStore background threads that print
+        # "event loop is closed" noise at interpreter teardown; the error line is out and
+        # every artifact write is atomic, so leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

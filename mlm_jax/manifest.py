@@ -49,7 +49,12 @@ def dataset_fingerprint(config: config_lib.Config) -> str:
     meta = Path(config.data.source) / "meta.json"
     if not meta.is_file():
         return "unknown"
-    return json.loads(meta.read_text()).get("input_fingerprint", "unknown")
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("input_fingerprint", "unknown")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise UserError(
+            f"{meta} is not a dataset description; rebuild it with `mlm-jax data prepare`"
+        ) from None
 
 
 def build(config, tokenizer, mesh) -> dict:

@@ -11,7 +11,6 @@ each case builds its bad input in its own ``tmp_path``.
 import hashlib
 import json
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -183,23 +182,28 @@ def test_bad_input_is_refused(world, tmp_path, build, pattern):
 
 
 def test_disk_full_during_save(world, tmp_path):
-    """A checkpoint write that fails (files capped at 64 KB) is an error, never a checkpoint."""
+    """A workdir on a 1 MB filesystem: the checkpoint cannot fit, the run stops with one
+    line, and nothing half-written is left as a checkpoint."""
     cfg = _config(world, tmp_path, train={"steps": 4, "checkpoint_every": 2, "eval_every": 0})
-    workdir = tmp_path / "r"
-    watched = [world["data"], world["tokenizer"], cfg]
-    before = _digest(watched)
-    cap = 64 * 1024
-    result = subprocess.run(
-        [sys.executable, "-m", "mlm_jax.cli", "train", "--config", str(cfg), "--workdir",
-         str(workdir)],
-        capture_output=True, text=True, timeout=300,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap)),
-    )  # fmt: skip
-    _assert_refused(result, r"checkpoint|space|write|disk|size")
-    assert _digest(watched) == before
-    folder = workdir / "checkpoints"
-    committed = [p.name for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
-    assert not committed, f"a checkpoint was committed after a failed write: {committed}"
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        workdir = small / "r"
+        watched = [world["data"], world["tokenizer"], cfg]
+        before = _digest(watched)
+        result = subprocess.run(
+            [sys.executable, "-m", "mlm_jax.cli", "train", "--config", str(cfg), "--workdir",
+             str(workdir)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        _assert_refused(result, r"disk space")
+        assert _digest(watched) == before
+        folder = workdir / "checkpoints"
+        committed = [p.name for p in folder.iterdir() if p.name.isdigit()]
+        assert not committed, f"a checkpoint was committed after a failed write: {committed}"
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_battery_is_large_enough():
