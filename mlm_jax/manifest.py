@@ -107,7 +107,7 @@ def model_shape_changes(old, new) -> str:
     """``"model.k a→b, ..."`` for the shape-defining model fields that differ, or ``""``."""
     as_dict = lambda m: m if isinstance(m, dict) else m.model_dump()  # noqa: E731
     old, new = as_dict(old), as_dict(new)
-    changed = [key for key in _SHAPE_KEYS if old.get(key) != new.get(key)]
+    changed = [key for key in _SHAPE_KEYS if key in old and old[key] != new.get(key)]
     return ", ".join(f"model.{k} {old.get(k)}→{new.get(k)}" for k in changed)
 
 

@@ -119,6 +119,32 @@ def _initial_params(config, mesh):
     return params_from_run(init, config, mesh)
 
 
+def check_init_from(config, workdir: Path) -> None:
+    """Refuse a bad ``model.init_from`` before anything is written to the workdir.
+
+    Skipped when the workdir already has checkpoints: resuming wins over init_from.
+    """
+    init = config.model.init_from
+    folder = workdir / checkpoint.CHECKPOINT_DIR
+    if not init or (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
+        return
+    if init.startswith("hf:"):
+        from mlm_jax import export
+
+        theirs = export.hf_model_config(init[3:])
+        source = f"model.init_from={init}"
+    else:
+        if not (Path(init) / "config.yaml").is_file():
+            raise UserError(
+                f"model.init_from={init} is neither a run directory nor hf:PATH; fix the path"
+            )
+        theirs = config_lib.load(Path(init) / "config.yaml").model
+        source = f"model.init_from={init}"
+    mismatch = manifest.model_shape_changes(theirs, config.model)
+    if mismatch:
+        raise UserError(f"{source} has other shapes ({mismatch}); match model.* to it")
+
+
 def _start_state(config, mesh, checkpointer):
     """``(first_step, state, data_state, graphdef, shardings)`` by the resume order."""
     graphdef, abstract, shardings = step.abstract_train_state(config, mesh)
@@ -203,6 +229,7 @@ def run(config, workdir: str) -> dict:
     tokenizer = pipeline.load_checked_tokenizer(config)
     mesh = sharding.make_mesh(config)
     run_manifest = manifest.build(config, tokenizer, mesh)
+    check_init_from(config, workdir_path)
     prepare_workdir(workdir_path, config, run_manifest)
     checkpointer = checkpoint.Checkpointer(workdir_path, config)
     try:
