@@ -8,11 +8,13 @@ or an error leaves the previous directory exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -38,3 +40,8 @@ def swap_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, out)
+
+
+def json_bytes(value: Any) -> bytes:
+    """The JSON form every artifact file of ours uses: indented, UTF-8, newline-ended."""
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode()

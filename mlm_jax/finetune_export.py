@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mlm_jax import artifacts, distributed, export, hf_tokenizer
 from mlm_jax import config as config_lib
-from mlm_jax import distributed, export
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 
@@ -124,9 +124,9 @@ def export_finetuned(workdir, out, step: int | None, force: bool, verify: bool) 
     if jax.process_index() == 0:
         manifest_path = Path(workdir) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-        files = export.hf_tokenizer_files(config.data.tokenizer, config)
-        files["config.json"] = export.json_bytes(hf_classifier_config(config))
-        files["mlm_jax.json"] = export.json_bytes(
+        files = hf_tokenizer.hf_tokenizer_files(config.data.tokenizer, config)
+        files["config.json"] = artifacts.json_bytes(hf_classifier_config(config))
+        files["mlm_jax.json"] = artifacts.json_bytes(
             {"config": config.model_dump(mode="json"), "manifest": manifest}
         )
         files["model.safetensors"] = save(tensors, metadata={"format": "pt"})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import random
 import re
@@ -159,14 +158,10 @@ def train_tokenizer(
         "input_fingerprint": sources.fingerprint(inputs),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }
-    write_directory(out_path, {"spm.model": model_bytes, "meta.json": _json_bytes(meta)})
+    write_directory(out_path, {"spm.model": model_bytes, "meta.json": artifacts.json_bytes(meta)})
     elapsed = time.monotonic() - started
     print(f"wrote {out_path}/spm.model in {elapsed:.1f}s", file=sys.stderr, flush=True)
     return meta
-
-
-def _json_bytes(value: dict) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 
 def write_directory(out: Path, files: dict[str, bytes]) -> None:

@@ -18,7 +18,7 @@ from flax import nnx
 
 import mlm_jax
 from mlm_jax import config as config_lib
-from mlm_jax import export, inference, sharding, sources, tokenizer
+from mlm_jax import export, hf_tokenizer, inference, sharding, sources, tokenizer
 from mlm_jax.errors import UserError
 from mlm_jax.model import Encoder
 
@@ -169,7 +169,7 @@ def test_export_run_writes_verified_directory(tokenizer_dir, fake_run, tmp_path,
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("export verified: ")
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "mlm_jax.json", "spm.model"} <= names
-    assert set(export.TOKENIZER_FILES) <= names
+    assert set(hf_tokenizer.TOKENIZER_FILES) <= names
     saved = json.loads((out / "mlm_jax.json").read_text())
     assert saved["manifest"] == {"tokenizer_fingerprint": "abc"}
     assert saved["config"]["model"] == config.model.model_dump(mode="json")
