@@ -187,7 +187,6 @@ def _pretrained_encoder(config, mesh):
 
 def init_state(config, mesh, shardings) -> step.TrainState:
     """A fresh state: new pooler and classifier; the encoder from ``init_from`` if set."""
-    tx, _ = make_optimizer(config)
     seed, outputs = config.train.seed, num_outputs(config)
 
     def init():
@@ -198,16 +197,7 @@ def init_state(config, mesh, shardings) -> step.TrainState:
         params["encoder"] = jax.device_put(
             _pretrained_encoder(config, mesh), shardings.params["encoder"]
         )
-
-    def build(p):
-        return step.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=tx.init(p),
-            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
-        )
-
-    return jax.jit(build, out_shardings=shardings)(params)
+    return step.train_state_from_params(config, params, shardings)
 
 
 def make_train_step(config, mesh, graphdef, shardings):

@@ -68,20 +68,30 @@ def abstract_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, Trai
     return graphdef, with_shardings, shardings
 
 
+def fresh_train_state(config: Config, params: nnx.State) -> TrainState:
+    """Step 0 around ``params``: a new optimizer state and the dropout key of the seed."""
+    tx, _ = make_optimizer(config)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 1),  # not the init key
+    )
+
+
+def train_state_from_params(config: Config, params: Any, shardings: TrainState) -> TrainState:
+    """A fresh state around given parameters (``init_from``), placed by ``shardings``."""
+    params = jax.device_put(params, shardings.params)
+    return jax.jit(lambda p: fresh_train_state(config, p), out_shardings=shardings)(params)
+
+
 def init_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
     """``(graphdef, state, state_shardings)``: a fresh state, initialized already sharded."""
-    tx, _ = make_optimizer(config)
     graphdef, _, shardings = abstract_train_state(config, mesh)
-    seed = config.train.seed
 
     def init() -> TrainState:
-        params = nnx.split(Encoder(config.model, rngs=nnx.Rngs(seed)))[1]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),  # not the init key
-        )
+        params = nnx.split(Encoder(config.model, rngs=nnx.Rngs(config.train.seed)))[1]
+        return fresh_train_state(config, params)
 
     return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
 

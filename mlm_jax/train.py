@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -69,25 +68,6 @@ def _gather_data_state(local: dict) -> dict:
     for row, length in zip(everything, lengths.reshape(-1), strict=True):
         merged["streams"].update(json.loads(bytes(row[: int(length)]).decode())["streams"])
     return merged
-
-
-def _state_from_params(config, mesh, params, shardings: step.TrainState) -> step.TrainState:
-    """A fresh optimizer state around given parameters (``init_from``)."""
-    from mlm_jax.optim import make_optimizer
-
-    tx, _ = make_optimizer(config)
-    seed = config.train.seed
-
-    def build(p):
-        return step.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=tx.init(p),
-            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
-        )
-
-    params = jax.device_put(params, shardings.params)
-    return jax.jit(build, out_shardings=shardings)(params)
 
 
 def params_from_run(run_dir: str, config, mesh):
@@ -155,7 +135,7 @@ def _start_state(config, mesh, checkpointer):
         return saved_step, state, data_state, graphdef, shardings
     if config.model.init_from:
         params = _initial_params(config, mesh)
-        state = _state_from_params(config, mesh, params, shardings)
+        state = step.train_state_from_params(config, params, shardings)
         distributed.log(f"initialised from {config.model.init_from}")
         return 0, state, None, graphdef, shardings
     graphdef, state, shardings = step.init_train_state(config, mesh)
