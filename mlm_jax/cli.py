@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlm_jax import closed_loop
+
+    closed_loop.install()
     try:
         args = build_parser().parse_args(argv)
         args.handler(args)
@@ -293,15 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
-    code = main()
-    if code == 2:
-        # A refused run may leave Orbax/TensorStore background threads that print
-        # "event loop is closed" noise at interpreter teardown; the error line is out and
-        # every artifact write is atomic, so leave without the teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -170,21 +170,6 @@ def abstract_state(config, mesh):
     return graphdef, with_shardings, shardings
 
 
-def _pretrained_encoder(config, mesh):
-    """Encoder parameters from ``model.init_from``: a run, an export directory or ``hf:PATH``."""
-    from mlm_jax import export
-
-    init = config.model.init_from
-    path = Path(init[3:] if init.startswith("hf:") else init)
-    if not init.startswith("hf:") and (path / "config.yaml").is_file():
-        return train.params_from_run(str(path), config, mesh)
-    if (path / "config.json").is_file():
-        return export.load_hf_checkpoint(path, config)
-    raise UserError(
-        f"model.init_from={init} is neither a run directory, an export nor hf:PATH; fix the path"
-    )
-
-
 def init_state(config, mesh, shardings) -> step.TrainState:
     """A fresh state: new pooler and classifier; the encoder from ``init_from`` if set."""
     seed, outputs = config.train.seed, num_outputs(config)
@@ -195,7 +180,7 @@ def init_state(config, mesh, shardings) -> step.TrainState:
     params = jax.jit(init, out_shardings=shardings.params)()
     if config.model.init_from:
         params["encoder"] = jax.device_put(
-            _pretrained_encoder(config, mesh), shardings.params["encoder"]
+            train.initial_params(config, mesh), shardings.params["encoder"]
         )
     return step.train_state_from_params(config, params, shardings)
 
@@ -348,6 +333,7 @@ def run(config, workdir: str) -> dict:
     batches = _training_batches(config, tokenizer)
     eval_examples = _read_eval(config)
     run_manifest = manifest.build(config, tokenizer, mesh)
+    train.check_init_from(config, workdir_path)
     train.prepare_workdir(workdir_path, config, run_manifest)
     checkpointer = checkpoint.Checkpointer(workdir_path, config)
     try:

@@ -86,17 +86,28 @@ def params_from_run(run_dir: str, config, mesh):
     return restored[1].params
 
 
-def _initial_params(config, mesh):
-    init = config.model.init_from
-    if init.startswith("hf:"):
-        from mlm_jax import export
+def _init_source(init: str) -> tuple[str, Path]:
+    """``("run" | "hf", path)`` for ``model.init_from``: a run directory, or a Hugging Face
+    directory (our export, or any BERT/ModernBERT) with or without the ``hf:`` prefix."""
+    path = Path(init.removeprefix("hf:"))
+    if not init.startswith("hf:") and (path / "config.yaml").is_file():
+        return "run", path
+    if (path / "config.json").is_file():
+        return "hf", path
+    raise UserError(
+        f"model.init_from={init} is neither a run directory nor a Hugging Face directory "
+        "(config.json); fix the path"
+    )
 
-        return export.load_hf_checkpoint(init[3:], config)
-    if not (Path(init) / "config.yaml").is_file():
-        raise UserError(
-            f"model.init_from={init} is neither a run directory nor hf:PATH; fix the path"
-        )
-    return params_from_run(init, config, mesh)
+
+def initial_params(config, mesh):
+    """Parameters named by ``model.init_from`` (see :func:`_init_source`)."""
+    kind, path = _init_source(config.model.init_from)
+    if kind == "run":
+        return params_from_run(str(path), config, mesh)
+    from mlm_jax import export
+
+    return export.load_hf_checkpoint(path, config)
 
 
 def check_init_from(config, workdir: Path) -> None:
@@ -108,18 +119,14 @@ def check_init_from(config, workdir: Path) -> None:
     folder = workdir / checkpoint.CHECKPOINT_DIR
     if not init or (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
         return
-    if init.startswith("hf:"):
+    kind, path = _init_source(init)
+    if kind == "run":
+        theirs = config_lib.load(path / "config.yaml").model
+    else:
         from mlm_jax import export
 
-        theirs = export.hf_model_config(init[3:])
-        source = f"model.init_from={init}"
-    else:
-        if not (Path(init) / "config.yaml").is_file():
-            raise UserError(
-                f"model.init_from={init} is neither a run directory nor hf:PATH; fix the path"
-            )
-        theirs = config_lib.load(Path(init) / "config.yaml").model
-        source = f"model.init_from={init}"
+        theirs = export.hf_model_config(path)
+    source = f"model.init_from={init}"
     mismatch = manifest.model_shape_changes(theirs, config.model)
     if mismatch:
         raise UserError(f"{source} has other shapes ({mismatch}); match model.* to it")
@@ -134,7 +141,7 @@ def _start_state(config, mesh, checkpointer):
         distributed.log(f"resumed from checkpoint step {saved_step}")
         return saved_step, state, data_state, graphdef, shardings
     if config.model.init_from:
-        params = _initial_params(config, mesh)
+        params = initial_params(config, mesh)
         state = step.train_state_from_params(config, params, shardings)
         distributed.log(f"initialised from {config.model.init_from}")
         return 0, state, None, graphdef, shardings
