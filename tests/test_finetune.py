@@ -2,8 +2,8 @@
 Shakespeare, CLI scoring, and export parity with sentence-transformers' CrossEncoder.
 
 Relevance set: the query is a speaker's name, the relevant passages that speaker's
-speeches, the negatives speeches of the three others. Classification set: the same
-speeches labelled by speaker (four characters of four plays).
+speeches, the negatives speeches of the three others. Classification set: passages
+labelled by their source, a Shakespeare speech or a Python standard-library docstring.
 """
 
 import json
