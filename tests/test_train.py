@@ -166,3 +166,39 @@ def test_nonfinite_raise_names_step_and_checkpoint(run_inputs, tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert "non-finite" in last and "at step" in last and "checkpoint" in last
+
+
+def test_eval_command_matches_the_logged_evaluation(straight_run):
+    result = run_cli("eval", "--workdir", straight_run)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    logged = [r for r in _metrics(straight_run) if "eval/loss" in r][-1]
+    assert logged["step"] == 30
+    assert printed["eval/loss"] == pytest.approx(logged["eval/loss"], rel=1e-5)
+    assert printed["eval/perplexity"] == pytest.approx(np.exp(printed["eval/loss"]), rel=1e-5)
+
+
+def test_report_draws_the_curves(straight_run, tmp_path):
+    import matplotlib.image
+
+    result = run_cli("report", "--workdir", straight_run, "--out", tmp_path / "curves.png")
+    assert result.returncode == 0, result.stderr
+    image = matplotlib.image.imread(tmp_path / "curves.png")
+    assert image.shape[0] > 400 and image.shape[1] > 600
+    assert image[..., :3].std() > 0.05  # drawn, not blank
+
+
+def test_train_resume_export_predict_end_to_end(run_inputs, tmp_path):
+    """The user's path: train, stop, train further (resume), export, fill a mask."""
+    cfg = write_config(tmp_path / "run.yaml", run_inputs, train={"steps": 20})
+    workdir, out = tmp_path / "run", tmp_path / "export"
+    run_cli("train", "--config", cfg, "--workdir", workdir, "--set", "train.steps=10",
+            check=True)  # fmt: skip
+    resumed = run_cli("train", "--config", cfg, "--workdir", workdir, check=True)
+    assert "resumed from checkpoint step 10" in resumed.stderr
+    exported = run_cli("export", "--workdir", workdir, "--out", out, check=True)
+    assert exported.stdout.strip().splitlines()[-1].startswith("export verified: max")
+    predicted = run_cli("predict", "--model", out, "To be or not to [MASK].", "--top-k", "3",
+                        check=True)  # fmt: skip
+    lines = [line for line in predicted.stdout.splitlines() if "%" in line]
+    assert len(lines) == 3
