@@ -280,3 +280,38 @@ def test_classifier_beats_chance_on_held_out_genres(datasets, run_inputs, pretra
         f"{summary['initial/accuracy']:.3f}, chance 0.5), macro-F1 {summary['eval/macro_f1']:.3f}"
     )
     assert summary["eval/accuracy"] >= 0.75
+
+
+def test_score_many_queries_matches_one_at_a_time(reranker, tmp_path):
+    workdir, _ = reranker
+    candidates = ["O, that this too too solid flesh would melt", "A horse! a horse!",
+                  "Friends, Romans, countrymen, lend me your ears"]  # fmt: skip
+    single = _write_jsonl(tmp_path / "c.jsonl", [{"text": c} for c in candidates])
+    batch = _write_jsonl(tmp_path / "q.jsonl", [
+        {"query": q, "candidates": candidates} for q in ("Hamlet", "Brutus")])  # fmt: skip
+    many = run_cli("score", "--model", workdir, "--queries", batch, "--top-k", 3, check=True)
+    results = [json.loads(line) for line in many.stdout.strip().splitlines()]
+    assert [r["query"] for r in results] == ["Hamlet", "Brutus"]
+    for result in results:
+        one = run_cli("score", "--model", workdir, "--query", result["query"],
+                      "--candidates", single, check=True)  # fmt: skip
+        rows = [line.split("\t", 2) for line in one.stdout.strip().splitlines()]
+        assert [text for _, _, text in rows] == [r["text"] for r in result["results"]]
+        for (_, score, _), item in zip(rows, result["results"], strict=True):
+            assert float(score) == pytest.approx(item["score"], abs=1e-5)
+
+
+def test_finetune_resumes_from_its_checkpoint(datasets, run_inputs, pretrained, tmp_path):
+    cfg_path = tmp_path / "ft.yaml"
+    _finetune_config(cfg_path, run_inputs, pretrained, task="classify", loss="cross_entropy",
+                     num_labels=2, train_file=str(datasets["genre_train"]))  # fmt: skip
+    workdir = tmp_path / "run"
+    first = run_cli("finetune", "--config", cfg_path, "--workdir", workdir, "--set",
+                    "train.steps=10", "--set", "train.checkpoint_every=10")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    second = run_cli("finetune", "--config", cfg_path, "--workdir", workdir, "--set",
+                     "train.steps=20", "--set", "train.checkpoint_every=10")  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert "resumed from checkpoint step 10" in second.stderr
+    steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 20
