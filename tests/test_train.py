@@ -30,7 +30,9 @@ def _final_params(workdir, step=None):
     from mlm_jax import train
 
     _, _, params = train.load_run_params(str(workdir), step)
-    return {str(k): np.asarray(v) for k, v in params.flat_state()}
+    from flax import nnx
+
+    return {str(k): np.asarray(v) for k, v in nnx.to_flat_state(params)}
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +192,13 @@ def test_report_draws_the_curves(straight_run, tmp_path):
 
 def test_train_resume_export_predict_end_to_end(run_inputs, tmp_path):
     """The user's path: train, stop, train further (resume), export, fill a mask."""
-    cfg = write_config(tmp_path / "run.yaml", run_inputs, train={"steps": 20})
+    cfg = write_config(tmp_path / "run.yaml", run_inputs,
+                       train={"steps": 10, "checkpoint_every": 5, "eval_every": 5})  # fmt: skip
     workdir, out = tmp_path / "run", tmp_path / "export"
-    run_cli("train", "--config", cfg, "--workdir", workdir, "--set", "train.steps=10",
+    run_cli("train", "--config", cfg, "--workdir", workdir, "--set", "train.steps=5",
             check=True)  # fmt: skip
     resumed = run_cli("train", "--config", cfg, "--workdir", workdir, check=True)
-    assert "resumed from checkpoint step 10" in resumed.stderr
+    assert "resumed from checkpoint step 5" in resumed.stderr
     exported = run_cli("export", "--workdir", workdir, "--out", out, check=True)
     assert exported.stdout.strip().splitlines()[-1].startswith("export verified: max")
     predicted = run_cli("predict", "--model", out, "To be or not to [MASK].", "--top-k", "3",
