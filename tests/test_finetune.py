@@ -315,3 +315,46 @@ def test_finetune_resumes_from_its_checkpoint(datasets, run_inputs, pretrained, 
     assert "resumed from checkpoint step 10" in second.stderr
     steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 20
+
+
+def test_losses_by_hand():
+    from mlm_jax import finetune
+
+    logits = np.array([[2.0], [0.5], [-1.0], [0.0], [1.5], [3.0]], np.float32)  # 2 queries x 3
+    batch = {"weights": np.array([1.0, 0.0], np.float32)}  # the second query is padding
+    scores = logits[:, 0].reshape(2, 3)
+    listwise = np.log(np.exp(scores[0]).sum()) - scores[0, 0]
+    sigmoid = 1 / (1 + np.exp(-scores[0]))
+    targets = np.array([1.0, 0.0, 0.0])
+    pointwise = -(targets * np.log(sigmoid) + (1 - targets) * np.log(1 - sigmoid)).mean()
+    for loss_fn, expected in ((finetune.listwise_sums, listwise),
+                              (finetune.pointwise_sums, pointwise)):  # fmt: skip
+        loss_sum, correct, weight = (float(x) for x in loss_fn(logits, batch))
+        assert loss_sum == pytest.approx(expected, rel=1e-5)
+        assert (correct, weight) == (1.0, 1.0)
+    class_logits = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
+    labels = {"labels": np.array([1, 0]), "weights": np.array([1.0, 1.0], np.float32)}
+    loss_sum, correct, weight = (
+        float(x) for x in finetune.cross_entropy_sums(class_logits, labels)
+    )
+    expected = sum(
+        np.log(np.exp(row).sum()) - row[y] for row, y in zip(class_logits, [1, 0], strict=True)
+    )
+    assert loss_sum == pytest.approx(expected, rel=1e-5) and (correct, weight) == (1.0, 2.0)
+
+
+def test_modern_pointwise_reranker_exports_with_parity(datasets, run_inputs, tmp_path):
+    """Family modern, pointwise loss, from scratch: the export's logits in transformers'
+    ModernBertForSequenceClassification match ours (the export verifies itself)."""
+    cfg = write_config(
+        tmp_path / "ft.yaml", run_inputs,
+        model={"family": "modern", "layer_norm_eps": 1e-5},
+        train={"steps": 4, "global_batch_size": 16, "eval_every": 0, "checkpoint_every": 4},
+        finetune={"task": "rerank", "loss": "pointwise", "negatives_per_query": 3,
+                  "train_file": str(datasets["rerank_train"])},
+    )  # fmt: skip
+    run_cli("finetune", "--config", cfg, "--workdir", tmp_path / "run", check=True)
+    result = run_cli("export", "--workdir", tmp_path / "run", "--out", tmp_path / "hf", check=True)
+    assert result.stdout.strip().splitlines()[-1].startswith("export verified: max")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["ModernBertForSequenceClassification"]
