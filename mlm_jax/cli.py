@@ -87,6 +87,7 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
         lowercase=args.lowercase,
         max_sentences=args.max_sentences,
         threads=args.threads,
+        text_field=args.text_field,
     )
 
 
@@ -188,6 +189,7 @@ def _tokenizer_parser(commands) -> None:
         "--max-sentences", type=int, default=2_000_000, help="sample at most this many sentences"
     )
     train.add_argument("--threads", type=int, default=None, help="default: all cores")
+    train.add_argument("--text-field", default="text", help="JSONL field holding the text")
     train.set_defaults(handler=_cmd_tokenizer_train)
 
 

@@ -39,8 +39,8 @@ def min_vocab_size() -> int:
     return len(SPECIAL_TOKENS) + _BYTE_PIECES + 64
 
 
-def _sentences(inputs: list[str], stats: sources.ReadStats) -> Iterator[str]:
-    for document in sources.iter_documents(inputs, stats=stats):
+def _sentences(inputs: list[str], stats: sources.ReadStats, text_field: str) -> Iterator[str]:
+    for document in sources.iter_documents(inputs, text_field, stats=stats):
         for line in document.splitlines():
             line = line.strip()
             if line:
@@ -48,13 +48,13 @@ def _sentences(inputs: list[str], stats: sources.ReadStats) -> Iterator[str]:
 
 
 def _sample_sentences(
-    inputs: list[str], max_sentences: int, seed: int, stats: sources.ReadStats
+    inputs: list[str], max_sentences: int, seed: int, stats: sources.ReadStats, text_field: str
 ) -> list[str]:
     """Reservoir-sample sentences with a fixed seed, so retraining is byte-identical."""
     rng = random.Random(seed)
     reservoir: list[str] = []
     last_report = time.monotonic()
-    for seen, sentence in enumerate(_sentences(inputs, stats)):
+    for seen, sentence in enumerate(_sentences(inputs, stats, text_field)):
         if seen < max_sentences:
             reservoir.append(sentence)
         else:
@@ -111,6 +111,7 @@ def train_tokenizer(
     max_sentences: int = 2_000_000,
     threads: int | None = None,
     seed: int = 0,
+    text_field: str = "text",
 ) -> dict:
     """Train SentencePiece on the inputs and write ``out/spm.model`` and ``out/meta.json``.
 
@@ -132,7 +133,7 @@ def train_tokenizer(
     threads = threads or os.cpu_count() or 1
     started = time.monotonic()
     stats = sources.ReadStats()
-    sentences = _sample_sentences(inputs, max_sentences, seed, stats)
+    sentences = _sample_sentences(inputs, max_sentences, seed, stats, text_field)
     if not sentences:
         raise UserError(f"the inputs {inputs} hold no text; pass a non-empty corpus")
     print(
@@ -155,6 +156,7 @@ def train_tokenizer(
         "sample_seed": seed,
         "sentencepiece_version": spm.__version__,
         "inputs": inputs,
+        "text_field": text_field,
         "input_fingerprint": sources.fingerprint(inputs),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }
