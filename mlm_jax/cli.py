@@ -281,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlm_jax import closed_loop
+    from mlm_jax import async_leftovers
 
-    closed_loop.install()
+    async_leftovers.install()
     try:
         args = build_parser().parse_args(argv)
         args.handler(args)

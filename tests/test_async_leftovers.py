@@ -1,0 +1,38 @@
+"""The asyncio leftovers of a failed Orbax operation are dropped; everything else passes."""
+
+import asyncio
+import logging
+import sys
+
+from mlm_jax import async_leftovers
+
+
+def _record_from(filename: str) -> logging.LogRecord:
+    try:
+        exec(compile("raise ValueError('OUT_OF_RANGE')", filename, "exec"))
+    except ValueError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord(
+        "asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved\nfuture: x",
+        None, exc_info,
+    )  # fmt: skip
+
+
+def test_unretrieved_orbax_task_errors_are_dropped_others_kept():
+    keep = async_leftovers._DropUnretrievedOrbaxErrors().filter
+    assert not keep(_record_from("/site-packages/orbax/checkpoint/serialization.py"))
+    assert keep(_record_from("/site-packages/somethingelse/module.py"))
+    plain = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "other", None, None)
+    assert keep(plain)
+
+
+def test_callbacks_to_a_closed_loop_are_dropped():
+    async_leftovers.install()
+    loop = asyncio.new_event_loop()
+    loop.close()
+    assert loop.call_soon_threadsafe(lambda: None) is None
+    open_loop = asyncio.new_event_loop()
+    try:
+        assert open_loop.call_soon_threadsafe(lambda: None) is not None
+    finally:
+        open_loop.close()
