@@ -104,9 +104,9 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_peek(args: argparse.Namespace) -> None:
-    from mlm_jax import pipeline
+    from mlm_jax import peek
 
-    pipeline.peek(
+    peek.peek(
         _load_config(args),
         batches=args.batches,
         process_index=args.process_index,

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mlm_jax import artifacts, distributed, export, hf_tokenizer
+from mlm_jax import artifacts, distributed, export, hf_import, hf_tokenizer
 from mlm_jax import config as config_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
@@ -108,7 +108,7 @@ def read_export(directory: Path):
     saved["data"]["tokenizer"] = str(directory)  # the export carries its tokenizer
     saved["mesh"] = {"data": -1, "fsdp": 1, "tensor": 1}
     config = config_lib.from_dict(saved, origin=str(directory / "mlm_jax.json"))
-    return config, from_hf_tensors(config, export.read_safetensors(directory))
+    return config, from_hf_tensors(config, hf_import.read_safetensors(directory))
 
 
 def export_finetuned(workdir, out, step: int | None, force: bool, verify: bool) -> Path:

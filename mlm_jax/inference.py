@@ -5,7 +5,7 @@
 * our export (``mlm_jax.json`` + ``model.safetensors`` + ``spm.model``): the config and
   tokenizer it was trained with;
 * any Hugging Face BERT / ModernBERT directory (``config.json`` + ``model.safetensors``
-  + ``tokenizer.json``): the config is derived with :func:`export.hf_model_config`;
+  + ``tokenizer.json``): the config is derived with :func:`hf_import.hf_model_config`;
 * a training run (``config.yaml``/``checkpoints``): its newest checkpoint.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from mlm_jax import config as config_lib
-from mlm_jax import export
+from mlm_jax import export, hf_import
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 
@@ -38,13 +38,13 @@ def load_model(path: str | os.PathLike):
         saved = json.loads((directory / "mlm_jax.json").read_text())["config"]
         saved["data"]["tokenizer"] = str(directory)  # the export carries its tokenizer
         config = config_lib.from_dict(saved, origin=str(directory / "mlm_jax.json"))
-        params = export.from_hf_state_dict(config, export.read_safetensors(directory))
+        params = export.from_hf_state_dict(config, hf_import.read_safetensors(directory))
     elif (directory / "config.json").is_file():
-        model = export.hf_model_config(directory)
+        model = hf_import.hf_model_config(directory)
         seq_len = min(512, model.get("max_position_embeddings", 512))
         raw = {"model": model, "data": {"tokenizer": str(directory), "seq_len": seq_len}}
         config = config_lib.from_dict(raw, origin=str(directory / "config.json"))
-        params = export.load_hf_checkpoint(directory, config)
+        params = hf_import.load_hf_checkpoint(directory, config)
     elif (directory / "config.yaml").is_file() or (directory / "checkpoints").is_dir():
         from mlm_jax import train
 

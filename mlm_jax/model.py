@@ -406,6 +406,11 @@ class Encoder(nnx.Module):
 # ----------------------------------------------------------------------------- accounting
 
 
+def abstract_encoder(cfg: ModelConfig):
+    """``(graphdef, state)`` of an encoder made of shapes only: nothing is allocated."""
+    return nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))
+
+
 def param_count(config: Config) -> int:
     """Number of parameters (padded vocab included), from shapes only."""
     model = nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(0)))

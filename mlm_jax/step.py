@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mlm_jax.config import Config
-from mlm_jax.model import Encoder
+from mlm_jax.model import Encoder, abstract_encoder
 from mlm_jax.optim import make_optimizer
 from mlm_jax.sharding import BATCH_AXES, batch_sharding, tree_shardings
 
@@ -37,10 +37,6 @@ class TrainState:
     rng: jax.Array  # uint32[2] dropout key; per step fold_in(rng, step)
 
 
-def _abstract_params(config: Config):
-    return nnx.split(nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(0))))
-
-
 def abstract_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
     """``(graphdef, abstract_state, state_shardings)`` without allocating anything.
 
@@ -48,7 +44,7 @@ def abstract_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, Trai
     restore target for a checkpoint on this mesh.
     """
     tx, _ = make_optimizer(config)
-    graphdef, abstract_params = _abstract_params(config)
+    graphdef, abstract_params = abstract_encoder(config.model)
     replicated = NamedSharding(mesh, P())
     abstract_state = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),

@@ -8,6 +8,7 @@ Hugging Face tokenizer directory holds ``tokenizer.json`` (WordPiece, read with 
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import io
 import os
@@ -172,7 +173,7 @@ def write_directory(out: Path, files: dict[str, bytes]) -> None:
             (staging / name).write_bytes(data)
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
     """Common interface of the tokenizers the pipeline and the models use."""
 
     kind: str
@@ -187,8 +188,9 @@ class Tokenizer:
     def encode(self, text: str) -> np.ndarray:
         return self.encode_batch([text])[0]
 
+    @abc.abstractmethod
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Implemented by each tokenizer kind."""
 
     def encode_with_specials(self, text: str) -> np.ndarray:
         """Encode user text in which ``[MASK]``, ``[SEP]``... stand for their special ids."""
@@ -208,11 +210,13 @@ class Tokenizer:
                 ids.extend(self.encode(part).tolist())
         return np.asarray(ids, dtype=np.int32)
 
+    @abc.abstractmethod
     def decode(self, ids) -> str:
-        raise NotImplementedError
+        """Implemented by each tokenizer kind."""
 
+    @abc.abstractmethod
     def id_to_piece(self, token_id: int) -> str:
-        raise NotImplementedError
+        """Implemented by each tokenizer kind."""
 
     @property
     def special_ids(self) -> frozenset[int]:

@@ -105,9 +105,9 @@ def initial_params(config, mesh):
     kind, path = _init_source(config.model.init_from)
     if kind == "run":
         return params_from_run(str(path), config, mesh)
-    from mlm_jax import export
+    from mlm_jax import hf_import
 
-    return export.load_hf_checkpoint(path, config)
+    return hf_import.load_hf_checkpoint(path, config)
 
 
 def check_init_from(config, workdir: Path) -> None:
@@ -123,9 +123,9 @@ def check_init_from(config, workdir: Path) -> None:
     if kind == "run":
         theirs = config_lib.load(path / "config.yaml").model
     else:
-        from mlm_jax import export
+        from mlm_jax import hf_import
 
-        theirs = export.hf_model_config(path)
+        theirs = hf_import.hf_model_config(path)
     source = f"model.init_from={init}"
     mismatch = manifest.model_shape_changes(theirs, config.model)
     if mismatch:

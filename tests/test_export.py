@@ -18,7 +18,7 @@ from flax import nnx
 
 import mlm_jax
 from mlm_jax import config as config_lib
-from mlm_jax import export, hf_tokenizer, inference, sharding, sources, tokenizer
+from mlm_jax import export, hf_import, hf_tokenizer, inference, sharding, sources, tokenizer
 from mlm_jax.errors import UserError
 from mlm_jax.model import Encoder
 
@@ -276,11 +276,11 @@ def test_import_bert_for_masked_lm(tmp_path, tokenizer_dir):
     torch.manual_seed(0)
     hf_model = _perturb_torch(transformers.BertForMaskedLM(_hf_bert_config()))
     hf_model.save_pretrained(tmp_path / "hf")
-    model_values = export.hf_model_config(tmp_path / "hf")
+    model_values = hf_import.hf_model_config(tmp_path / "hf")
     config = config_lib.from_dict(
         {"model": model_values, "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32}}
     )
-    params = export.load_hf_checkpoint(tmp_path / "hf", config)
+    params = hf_import.load_hf_checkpoint(tmp_path / "hf", config)
     rng = np.random.default_rng(0)
     ids, mask = padded_batch([rng.integers(5, 300, n).tolist() for n in (12, 7)])
     types_ = (np.arange(ids.shape[1]) >= 4).astype(np.int32)[None].repeat(2, 0)
@@ -308,12 +308,12 @@ def test_import_bert_model_initializes_missing_head(tmp_path, tokenizer_dir, cap
     hf_model.save_pretrained(tmp_path / "base")
     config = config_lib.from_dict(
         {
-            "model": export.hf_model_config(tmp_path / "base"),
+            "model": hf_import.hf_model_config(tmp_path / "base"),
             "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32},
         }
     )
     with caplog.at_level(logging.WARNING, logger="mlm_jax.export"):
-        params = export.load_hf_checkpoint(tmp_path / "base", config)
+        params = hf_import.load_hf_checkpoint(tmp_path / "base", config)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     for name in (
@@ -343,12 +343,12 @@ def test_import_bert_model_initializes_missing_head(tmp_path, tokenizer_dir, cap
 
 def test_import_rejects_mismatched_config(tmp_path, tokenizer_dir):
     transformers.BertForMaskedLM(_hf_bert_config()).save_pretrained(tmp_path / "hf")
-    values = {**export.hf_model_config(tmp_path / "hf"), "hidden_size": 64, "num_layers": 3}
+    values = {**hf_import.hf_model_config(tmp_path / "hf"), "hidden_size": 64, "num_layers": 3}
     config = config_lib.from_dict(
         {"model": values, "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32}}
     )
     with pytest.raises(UserError, match=r"model\.num_layers=3 .*model\.hidden_size=64 "):
-        export.load_hf_checkpoint(tmp_path / "hf", config)
+        hf_import.load_hf_checkpoint(tmp_path / "hf", config)
 
 
 TWO_PROCESS_EXPORT = textwrap.dedent(

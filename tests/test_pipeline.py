@@ -12,7 +12,7 @@ import pytest
 from test_masking import check_masked_batch
 from test_packing import check_packed_rows
 
-from mlm_jax import builtin_corpora, corpus, masking, pipeline, tokenizer
+from mlm_jax import builtin_corpora, corpus, masking, peek, pipeline, tokenizer
 from mlm_jax import config as config_lib
 from mlm_jax.errors import UserError
 
@@ -273,7 +273,7 @@ def test_tfds_name_in_data_dir_is_a_source(artifacts):
 def test_peek_marks_masked_tokens(artifacts, tmp_path):
     config = make_config(artifacts)
     out = tmp_path / "peek.jsonl"
-    summary = pipeline.peek(config, batches=1, out=str(out))
+    summary = peek.peek(config, batches=1, out=str(out))
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == BATCH + 1 and lines[-1] == summary
     text = " ".join(s for line in lines[:-1] for s in line["segments"])
