@@ -9,7 +9,7 @@ us and is reported in one line. Two kinds of leftovers would bury it:
   on those callbacks, so they are dropped.
 - The sibling read tasks that failed the same way are never awaited, and asyncio logs each
   one with its traceback ("Task exception was never retrieved") when it is collected.
-  Those records are dropped when the exception was raised inside Orbax.
+  Those records are dropped when the error came from Orbax or TensorStore.
 """
 
 from __future__ import annotations
@@ -31,11 +31,23 @@ class _DropUnretrievedOrbaxErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("Task exception was never retrieved"):
             return True
-        exc_info = record.exc_info
-        if not exc_info or exc_info[2] is None:
-            return True
+        return not _comes_from_checkpoint_io(record)
+
+
+def _comes_from_checkpoint_io(record: logging.LogRecord) -> bool:
+    """Whether an unretrieved task error belongs to an Orbax or TensorStore operation.
+
+    The traceback usually names an Orbax file, but an error that TensorStore set on a future
+    from C++ can arrive with no traceback at all; then the task's description in the message
+    (its coroutine) or the error text (a TensorStore spec) tells where it came from.
+    """
+    exc_info = record.exc_info
+    files = []
+    if exc_info and exc_info[2] is not None:
         files = [frame.filename for frame in traceback.extract_tb(exc_info[2])]
-        return not any("orbax" in name for name in files)
+    error = str(exc_info[1]) if exc_info and exc_info[1] is not None else ""
+    evidence = " ".join([*files, str(record.msg), error]).lower()
+    return "orbax" in evidence or "tensorstore" in evidence
 
 
 def install() -> None:

@@ -26,6 +26,19 @@ def test_unretrieved_orbax_task_errors_are_dropped_others_kept():
     assert keep(plain)
 
 
+def test_tensorstore_errors_without_a_traceback_are_dropped():
+    """TensorStore can set an error on a future from C++: no frames, only the text says so."""
+    keep = async_leftovers._DropUnretrievedOrbaxErrors().filter
+    error = ValueError("OUT_OF_RANGE: Error reading byte range [tensorstore_spec='{}']")
+    message = "Task exception was never retrieved\nfuture: <Task finished coro=<read()>>"
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                               (ValueError, error, None))  # fmt: skip
+    assert not keep(record)
+    unrelated = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                                  (ValueError, ValueError("bad value"), None))  # fmt: skip
+    assert keep(unrelated)
+
+
 def test_callbacks_to_a_closed_loop_are_dropped():
     async_leftovers.install()
     loop = asyncio.new_event_loop()
