@@ -103,6 +103,21 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_data_relevance(args: argparse.Namespace) -> None:
+    from mlm_jax import relevance_sets
+
+    relevance_sets.build(
+        args.source,
+        out=args.out,
+        train_queries=args.train_queries,
+        eval_queries=args.eval_queries,
+        negatives=args.negatives,
+        seed=args.seed,
+        passage=args.passage,
+        force=args.force,
+    )
+
+
 def _cmd_data_peek(args: argparse.Namespace) -> None:
     from mlm_jax import peek
 
@@ -210,6 +225,22 @@ def _data_parser(commands) -> None:
     peek.add_argument("--process-count", type=int, default=1)
     peek.add_argument("--out", help="write JSONL here instead of printing")
     peek.set_defaults(handler=_cmd_data_peek)
+    relevance = data_commands.add_parser(
+        "relevance", help="build a reranking set (query, positive, negatives) from real text"
+    )
+    relevance.add_argument("--source", default="wordnet", help="wordnet: word → its gloss")
+    relevance.add_argument("--out", required=True, help="directory for train/eval JSONL")
+    relevance.add_argument("--train-queries", type=int, default=2000)
+    relevance.add_argument("--eval-queries", type=int, default=300)
+    relevance.add_argument("--negatives", type=int, default=7, help="negatives per query")
+    relevance.add_argument("--seed", type=int, default=0)
+    relevance.add_argument(
+        "--passage",
+        default="usage",
+        help="usage: the word's quoted examples; definition: its whole gloss",
+    )
+    relevance.add_argument("--force", action="store_true", help="replace an existing --out")
+    relevance.set_defaults(handler=_cmd_data_relevance)
 
 
 def _run_parsers(commands) -> None:
