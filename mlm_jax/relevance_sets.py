@@ -24,7 +24,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from mlm_jax import artifacts, wordnet
+from mlm_jax import artifacts, builtin_corpora, wordnet
 from mlm_jax.errors import UserError
 
 SOURCES = ("wordnet",)
@@ -57,7 +57,7 @@ def build(
     meta = {
         "source": source,
         "passage": passage,
-        "fingerprint": wordnet.fingerprint(),
+        "fingerprint": builtin_corpora.fingerprint(source),
         "seed": seed,
         "negatives": negatives,
         "queries": {split: len(rows) for split, rows in records.items()},

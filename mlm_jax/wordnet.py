@@ -11,7 +11,6 @@ The files are looked up in ``$WNSEARCHDIR`` (WordNet's own variable) or else
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,11 +76,3 @@ def documents() -> Iterator[str]:
     """One short document per synset, ``lemma, lemma: gloss``, for pretraining text."""
     for synset in synsets():
         yield f"{', '.join(synset.lemmas)}: {synset.gloss}"
-
-
-def fingerprint() -> str:
-    digest = hashlib.sha256()
-    for path in data_files():
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()

@@ -1,9 +1,11 @@
 """Fine-tuning: JSONL errors, ranking metrics, a reranker and a classifier on real
 Shakespeare, CLI scoring, and export parity with sentence-transformers' CrossEncoder.
 
-Relevance set: the query is a speaker's name, the relevant passages that speaker's
-speeches, the negatives speeches of the three others. Classification set: passages
-labelled by their source, a Shakespeare speech or a Python standard-library docstring.
+Relevance set: `mlm-jax data relevance --source wordnet` (Debian's wordnet-base): the
+query is a single-sense word, the relevant passage its WordNet usage examples, the seven
+negatives examples of other words on the same topic; the 300 held-out queries come from
+synsets never seen in training. Classification set: passages labelled by their source, a
+Shakespeare speech or a Python standard-library docstring.
 """
 
 import json
@@ -20,7 +22,6 @@ from mlm_jax.errors import UserError
 from mlm_jax.ranking_metrics import classification_metrics, query_metrics
 
 _SPEAKER = re.compile(r"^([A-Z][A-Za-z' ]{0,30}): (.*)$")
-SPEAKERS = ("Falstaff", "Hamlet", "Brutus", "Othello")
 
 
 def _speeches() -> list[tuple[str, list[str]]]:
@@ -60,38 +61,16 @@ def _genre_records(per_class: int = 200, held_out: int = 60):
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
+    """The genre classification set, and the WordNet relevance set made by the CLI."""
     root = tmp_path_factory.mktemp("finetune_data")
-    speeches = _speeches()
-    by_speaker = {s: [" ".join(lines) for who, lines in speeches if who == s] for s in SPEAKERS}
-    for label, speaker in enumerate(SPEAKERS):
-        random.Random(label).shuffle(by_speaker[speaker])
-
-    def rerank_records(first, last, seed):
-        # Query: a speaker's name; relevant: one of their speeches; negatives: one speech
-        # of each other speaker. Rows of a name merge into one query with many candidates.
-        rng = random.Random(seed)
-        for i in range(first, last):
-            for speaker in SPEAKERS:
-                others = [o for o in SPEAKERS if o != speaker]
-                yield {
-                    "query": speaker,
-                    "positive": by_speaker[speaker][i],
-                    "negatives": [by_speaker[o][rng.randrange(first, last)] for o in others],
-                }
-
-    train_cls, eval_cls = [], []
-    for label, speaker in enumerate(SPEAKERS):
-        texts = by_speaker[speaker]
-        train_cls += [{"text": t, "label": label} for t in texts[:120]]
-        eval_cls += [{"text": t, "label": label} for t in texts[120:150]]
     genre_train, genre_eval = _genre_records()
+    run_cli("data", "relevance", "--source", "wordnet", "--out", root / "wordnet",
+            "--train-queries", 6000, "--eval-queries", 300, check=True)  # fmt: skip
     return {
         "genre_train": _write_jsonl(root / "genre_train.jsonl", genre_train),
         "genre_eval": _write_jsonl(root / "genre_eval.jsonl", genre_eval),
-        "rerank_train": _write_jsonl(root / "rr_train.jsonl", rerank_records(0, 120, 0)),
-        "rerank_eval": _write_jsonl(root / "rr_eval.jsonl", rerank_records(120, 150, 1)),
-        "classify_train": _write_jsonl(root / "cls_train.jsonl", train_cls),
-        "classify_eval": _write_jsonl(root / "cls_eval.jsonl", eval_cls),
+        "rerank_train": root / "wordnet" / "train.jsonl",
+        "rerank_eval": root / "wordnet" / "eval.jsonl",
     }
 
 
@@ -217,27 +196,48 @@ def test_pair_encoding_keeps_the_query_and_token_types(run_inputs):
 
 
 @pytest.fixture(scope="module")
-def reranker(datasets, run_inputs, pretrained, tmp_path_factory):
-    """A reranker fine-tuned from the pretrained tiny encoder: ``(workdir, summary)``."""
-    from mlm_jax import finetune
+def reranker(datasets, run_inputs, tmp_path_factory):
+    """A reranker fine-tuned through the CLI from a briefly pretrained tiny encoder.
 
+    Returns ``(workdir, summary)``: held-out metrics before (``initial/``) and after
+    (``eval/``) fine-tuning, and BM25's on the same candidates (``bm25/``).
+
+    Width 128 with 4 heads: at width 32 the encoder never learns to match the query's
+    word inside a passage within a CPU test's budget (measured: no gain in 1,500 steps).
+    """
     root = tmp_path_factory.mktemp("rerank")
-    config = _finetune_config(root / "ft.yaml", run_inputs, pretrained, task="rerank",
-                              loss="listwise", negatives_per_query=3,
-                              train_file=str(datasets["rerank_train"]),
-                              eval_file=str(datasets["rerank_eval"]))  # fmt: skip
-    return root / "run", finetune.run(config, str(root / "run"))
+    shape = {"hidden_size": 128, "num_heads": 4, "intermediate_size": 256}
+    pre = write_config(root / "pre.yaml", run_inputs, model=shape,
+                       train={"steps": 10, "eval_every": 0, "checkpoint_every": 10})  # fmt: skip
+    run_cli("train", "--config", pre, "--workdir", root / "pre", check=True)
+    cfg = write_config(
+        root / "ft.yaml", run_inputs,
+        model={**shape, "init_from": str(root / "pre")},
+        train={"steps": 600, "global_batch_size": 16, "eval_every": 0, "log_every": 100,
+               "checkpoint_every": 600, "seed": 0},
+        optim={"learning_rate": 1e-3, "warmup_steps": 10, "eps": 1e-8},
+        finetune={"task": "rerank", "loss": "listwise", "negatives_per_query": 3,
+                  "max_query_tokens": 16, "train_file": str(datasets["rerank_train"]),
+                  "eval_file": str(datasets["rerank_eval"])},
+    )  # fmt: skip
+    run_cli("finetune", "--config", cfg, "--workdir", root / "run", check=True, timeout=900)
+    records = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    initial = next(r for r in records if r["step"] == 0 and "eval/mrr@10" in r)
+    final = [r for r in records if r["step"] == 600 and "eval/mrr@10" in r][-1]
+    summary = {**{k.replace("eval/", "initial/"): v for k, v in initial.items()}, **final}
+    return root / "run", summary
 
 
 def test_reranker_beats_its_initialisation(reranker):
     _, summary = reranker
     print(
-        f"\nheld-out MRR@10: fine-tuned {summary['eval/mrr@10']:.4f}, "
-        f"initialisation {summary['initial/mrr@10']:.4f}, BM25 {summary['bm25/mrr@10']:.4f}; "
-        f"NDCG@10 {summary['eval/ndcg@10']:.4f} / {summary['initial/ndcg@10']:.4f} / "
-        f"{summary['bm25/ndcg@10']:.4f}"
+        f"\nheld-out WordNet queries (300, 8 candidates each), MRR@10: fine-tuned "
+        f"{summary['eval/mrr@10']:.4f}, initialisation {summary['initial/mrr@10']:.4f}, "
+        f"BM25 {summary['bm25/mrr@10']:.4f}; NDCG@10 {summary['eval/ndcg@10']:.4f} / "
+        f"{summary['initial/ndcg@10']:.4f} / {summary['bm25/ndcg@10']:.4f}"
     )
-    assert summary["eval/ndcg@10"] > summary["initial/ndcg@10"] + 0.05
+    assert summary["eval/ndcg@10"] > summary["initial/ndcg@10"] + 0.03
+    assert summary["eval/mrr@10"] > summary["initial/mrr@10"] + 0.03
 
 
 def test_export_loads_in_sentence_transformers_and_matches_score(reranker, tmp_path, monkeypatch):
