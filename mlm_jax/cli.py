@@ -230,7 +230,7 @@ def _data_parser(commands) -> None:
     )
     relevance.add_argument("--source", default="wordnet", help="wordnet: word → its gloss")
     relevance.add_argument("--out", required=True, help="directory for train/eval JSONL")
-    relevance.add_argument("--train-queries", type=int, default=2000)
+    relevance.add_argument("--train-queries", type=int, default=6000)
     relevance.add_argument("--eval-queries", type=int, default=300)
     relevance.add_argument("--negatives", type=int, default=7, help="negatives per query")
     relevance.add_argument("--seed", type=int, default=0)

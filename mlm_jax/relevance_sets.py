@@ -36,7 +36,7 @@ _QUOTED = re.compile(r'"([^"]+)"')
 def build(
     source: str,
     out: str,
-    train_queries: int = 2000,
+    train_queries: int = 6000,
     eval_queries: int = 300,
     negatives: int = 7,
     seed: int = 0,
