@@ -68,3 +68,26 @@ def write_config(path: Path, run_inputs: dict[str, Path], **sections) -> Path:
         raw.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+TINY_VOCAB, TINY_SEQ = 300, 32
+
+
+def tiny_config(*overrides: str):
+    """A 2-layer, width-32 config for in-process tests; ``overrides`` (KEY=VALUE) win."""
+    from mlm_jax import config as config_lib
+
+    return config_lib.load(
+        None,
+        [
+            "model.num_layers=2",
+            "model.hidden_size=32",
+            "model.num_heads=4",
+            "model.intermediate_size=64",
+            f"model.vocab_size={TINY_VOCAB}",
+            "model.max_position_embeddings=64",
+            f"data.seq_len={TINY_SEQ}",
+            "train.global_batch_size=8",
+            *overrides,
+        ],
+    )

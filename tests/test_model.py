@@ -1,33 +1,19 @@
 """The encoder: shapes, logical axes, sparse head, packing isolation, HF parity."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from mlm_jax import config as config_lib
 from mlm_jax import model as model_lib
 
-VOCAB, SEQ = 300, 32
+VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
 
 
 def tiny_config(family: str, *extra: str):
-    return config_lib.load(
-        None,
-        [
-            f"model.family={family}",
-            "model.num_layers=2",
-            "model.hidden_size=32",
-            "model.num_heads=4",
-            "model.intermediate_size=64",
-            f"model.vocab_size={VOCAB}",
-            "model.max_position_embeddings=64",
-            f"data.seq_len={SEQ}",
-            "train.global_batch_size=8",
-            *extra,
-        ],
-    )
+    return conftest.tiny_config(f"model.family={family}", *extra)
 
 
 def make_model(family: str, *extra: str) -> model_lib.Encoder:

@@ -1,29 +1,19 @@
 """Optimizer: weight-decay mask, schedule shapes, LAMB option."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from mlm_jax import config as config_lib
 from mlm_jax import model as model_lib
 from mlm_jax import optim
 
 
 def make_config(*extra: str):
-    return config_lib.load(
-        None,
-        [
-            "model.hidden_size=32",
-            "model.num_heads=4",
-            "model.intermediate_size=64",
-            "model.vocab_size=300",
-            "train.steps=100",
-            "optim.learning_rate=1e-2",
-            "optim.warmup_steps=10",
-            *extra,
-        ],
+    return conftest.tiny_config(
+        "train.steps=100", "optim.learning_rate=1e-2", "optim.warmup_steps=10", *extra
     )
 
 

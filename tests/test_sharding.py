@@ -1,30 +1,16 @@
 """Mesh construction, the rules table, sharded init, batch placement, the sharding guard."""
 
+import conftest
 import jax
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlm_jax import config as config_lib
 from mlm_jax import sharding
 from mlm_jax.errors import UserError
 
-
-def tiny_config(*extra: str):
-    return config_lib.load(
-        None,
-        [
-            "model.hidden_size=32",
-            "model.num_heads=4",
-            "model.intermediate_size=64",
-            "model.vocab_size=300",
-            "model.max_position_embeddings=64",
-            "data.seq_len=32",
-            "train.global_batch_size=8",
-            *extra,
-        ],
-    )
+tiny_config = conftest.tiny_config
 
 
 def test_make_mesh_shapes():

@@ -1,35 +1,24 @@
 """The jitted train/eval steps: mesh invariance, accumulation, overfitting, NaN guard."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax import config as config_lib
 from mlm_jax import sharding
 from mlm_jax import step as step_lib
 
-VOCAB, SEQ = 300, 32
+VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
 
 
 def tiny_config(*extra: str):
-    return config_lib.load(
-        None,
-        [
-            "model.num_layers=2",
-            "model.hidden_size=32",
-            "model.num_heads=4",
-            "model.intermediate_size=64",
-            f"model.vocab_size={VOCAB}",
-            "model.max_position_embeddings=64",
-            f"data.seq_len={SEQ}",
-            "data.max_predictions=6",
-            "train.global_batch_size=8",
-            "train.steps=50",
-            "optim.learning_rate=3e-3",
-            "optim.warmup_steps=2",
-            *extra,
-        ],
+    return conftest.tiny_config(
+        "data.max_predictions=6",
+        "train.steps=50",
+        "optim.learning_rate=3e-3",
+        "optim.warmup_steps=2",
+        *extra,
     )
 
 
