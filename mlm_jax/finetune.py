@@ -15,8 +15,8 @@ before ``model.init_from``, ``metrics.jsonl`` and the progress line, SIGTERM.
 
 from __future__ import annotations
 
+import functools
 import json
-import time
 from pathlib import Path
 
 import jax
@@ -27,12 +27,12 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlm_jax import checkpoint, distributed, manifest, sharding, step, train
+from mlm_jax import checkpoint, distributed, loop, manifest, sharding, step, train
 from mlm_jax import config as config_lib
 from mlm_jax import finetune_data as data_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
-from mlm_jax.metrics import MetricsWriter, ProgressLine
+from mlm_jax.metrics import MetricsWriter
 from mlm_jax.model import Dense, Encoder, LayerNorm, dropout, gelu
 from mlm_jax.optim import make_optimizer
 from mlm_jax.ranking_metrics import classification_metrics, mean_ranking_metrics
@@ -380,80 +380,40 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
     rows_per_step = config.train.global_batch_size * (
         1 if config.finetune.task == "classify" else 1 + config.finetune.negatives_per_query
     )
-    evaluator = None
+    evaluate = None
     if eval_examples is not None:
         scorer = Scorer(config, mesh, graphdef, shardings.params, tokenizer, rows_per_step)
-        evaluator = Evaluator(config, scorer, eval_examples)
+        evaluate = functools.partial(_evaluate, Evaluator(config, scorer, eval_examples))
+    # Batches are a pure function of the step, so the step alone is the data state.
+    job = loop.Job(
+        next_batch=batches,
+        data_state=dict,
+        evaluate=evaluate,
+        tokens_per_step=rows_per_step * config.data.seq_len,
+    )
     writer = MetricsWriter(workdir, enabled=distributed.is_primary())
     writer.truncate_after(first_step)
-    stop = train.StopRequest()
+    initial = {}
+    if first_step == 0 and evaluate is not None and first_step < config.train.steps:
+        initial = evaluate(state.params, "before fine-tuning (step 0)")
+        writer.write(0, initial)
+    stop = loop.StopRequest()
     stop.install()
     try:
-        return _loop(config, mesh, state, first_step, batches, train_step, evaluator, writer,
-                     checkpointer, stop, rows_per_step)  # fmt: skip
+        summary = loop.run(config, mesh, state, first_step, job, train_step, writer,
+                           checkpointer, stop)  # fmt: skip
     finally:
         stop.uninstall()
         writer.close()
-
-
-def _evaluate(evaluator, params, step_number: int, writer, label: str) -> dict:
-    if evaluator is None:
-        return {}
-    metrics = evaluator(params)
-    writer.write(step_number, {**metrics, **evaluator.baseline})
-    distributed.log(f"eval {label}: {evaluator.describe(metrics)}")
-    return metrics
-
-
-def _loop(config, mesh, state, first_step, batches, train_step, evaluator, writer, ckpt, stop,
-          rows_per_step):  # fmt: skip
-    total = config.train.steps
-    progress = ProgressLine(total)
-    last_eval, skipped = {}, 0
-    initial_eval = {}
-    if first_step == 0:
-        initial_eval = _evaluate(evaluator, state.params, 0, writer, "before fine-tuning (step 0)")
-    window_start, window_steps, step_number = time.perf_counter(), 0, first_step
-    while step_number < total:
-        batch = sharding.host_batch_to_global(batches(step_number), mesh)
-        state, metrics = train_step(state, batch)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        step_number += 1
-        window_steps += 1
-        if not train.check_finite(config, metrics, step_number, ckpt):
-            skipped += 1
-        metrics["train/skipped_steps"] = skipped
-        if step_number % config.train.log_every == 0 or step_number == total:
-            elapsed = time.perf_counter() - window_start
-            metrics["perf/tokens_per_s"] = (
-                rows_per_step * config.data.seq_len * window_steps / elapsed
-            )
-            progress.update(step_number, metrics)
-            writer.write(step_number, metrics)
-            window_start, window_steps = time.perf_counter(), 0
-        eval_due = config.train.eval_every and step_number % config.train.eval_every == 0
-        if eval_due or step_number == total:
-            last_eval = _evaluate(
-                evaluator, state.params, step_number, writer, f"step {step_number}"
-            )
-        stopping = stop.requested(step_number)
-        if ckpt.should_save(step_number) or step_number == total or stopping:
-            saved_metrics = last_eval if eval_due and "eval/loss" in last_eval else None
-            ckpt.save(step_number, state, {"step": step_number}, metrics=saved_metrics, force=True)
-        if stopping:
-            ckpt.wait()
-            progress.finish()
-            distributed.log(f"{stop.signal_name}: saved step {step_number}; rerun to resume")
-            return {"step": step_number, "stopped_by": stop.signal_name}
-    ckpt.wait()
-    progress.finish()
-    summary = {"step": step_number, "skipped_steps": skipped, **last_eval}
-    if first_step == 0 and evaluator is not None:
-        summary.update({k.replace("eval/", "initial/"): v for k, v in initial_eval.items()})
-        summary.update(evaluator.baseline)
-    if first_step >= total:
-        distributed.log(f"already trained to step {total}; raise train.steps to continue")
+    summary.update({k.replace("eval/", "initial/"): v for k, v in initial.items()})
     return summary
+
+
+def _evaluate(evaluator, params, label: str) -> dict:
+    """Held-out metrics, logged with BM25's; returns both, as the metrics file records them."""
+    metrics = evaluator(params)
+    distributed.log(f"eval {label}: {evaluator.describe(metrics)}")
+    return {**metrics, **evaluator.baseline}
 
 
 # ----------------------------------------------------------------------------- loading and scoring

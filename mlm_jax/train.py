@@ -7,52 +7,20 @@ other than checkpoints; every process steps, evaluates and saves together.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import signal
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mlm_jax import checkpoint, distributed, manifest, model, perf, pipeline, sharding, step
+from mlm_jax import checkpoint, distributed, loop, manifest, model, pipeline, sharding, step
 from mlm_jax import config as config_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
-from mlm_jax.metrics import MetricsWriter, ProgressLine
-
-
-class StopRequest:
-    """Set by SIGTERM/SIGINT; the loop finishes its step, saves and exits 0."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def requested(self, step_number: int) -> bool:
-        if jax.process_count() == 1:
-            return self.signal_name is not None
-        # All processes must stop at the same step. Our handler replaced the SIGTERM handler
-        # of JAX's preemption notifier, so the processes share their flags every step (the
-        # loop syncs on the metrics anyway); JAX's sync point still relays cluster notices.
-        signalled = multihost_utils.process_allgather(np.int32(self.signal_name is not None))
-        if signalled.any() or multihost_utils.reached_preemption_sync_point(step_number):
-            self.signal_name = self.signal_name or "SIGTERM"
-            return True
-        return False
+from mlm_jax.metrics import MetricsWriter
 
 
 def _gather_data_state(local: dict) -> dict:
@@ -195,21 +163,6 @@ class Evaluator:
         }
 
 
-def check_finite(config, metrics: dict, step_number: int, checkpointer) -> bool:
-    """True when the step was good; raises or counts per ``train.on_nonfinite``."""
-    if metrics["train/nonfinite"] == 0.0:
-        return True
-    if config.train.on_nonfinite == "skip":
-        distributed.log(f"step {step_number}: non-finite loss or gradient; update skipped")
-        return False
-    last = checkpointer.latest_step()
-    where = f"last good checkpoint: step {last}" if last is not None else "no checkpoint yet"
-    raise UserError(
-        f"non-finite loss or gradient at step {step_number} (update not applied; {where}); "
-        "lower optim.learning_rate or set train.on_nonfinite=skip"
-    )
-
-
 def run(config, workdir: str) -> dict:
     """Train ``config`` in ``workdir``; resumes by itself. Returns the final summary."""
     workdir_path = Path(workdir).resolve()
@@ -234,13 +187,20 @@ def _train(config, workdir: Path, mesh, checkpointer) -> dict:
     _log_start(config, mesh, data.local_batch_size)
     train_step = step.make_train_step(config, mesh, graphdef, shardings)
     evaluator = Evaluator(config, mesh, graphdef, shardings.params, config.train.eval_batches)
+    job = loop.Job(
+        next_batch=lambda _: next(data),
+        data_state=lambda: _gather_data_state(data.get_state()),
+        evaluate=functools.partial(_evaluate, evaluator),
+        tokens_per_step=config.train.global_batch_size * config.data.seq_len,
+        flops_per_token=model.flops_per_token(config),
+    )
     writer = MetricsWriter(workdir, enabled=distributed.is_primary())
     writer.truncate_after(first_step)
-    stop = StopRequest()
+    stop = loop.StopRequest()
     stop.install()
     try:
-        summary = _loop(
-            config, mesh, state, first_step, data, train_step, evaluator, writer, checkpointer, stop
+        summary = loop.run(
+            config, mesh, state, first_step, job, train_step, writer, checkpointer, stop
         )
     finally:
         stop.uninstall()
@@ -249,72 +209,13 @@ def _train(config, workdir: Path, mesh, checkpointer) -> dict:
     return summary
 
 
-def _loop(config, mesh, state, first_step, data, train_step, evaluator, writer, ckpt, stop):
-    total = config.train.steps
-    flops_per_token = model.flops_per_token(config)
-    tokens_per_step = config.train.global_batch_size * config.data.seq_len
-    progress = ProgressLine(total)
-    skipped, last_eval, window_start, window_steps = 0, {}, time.perf_counter(), 0
-    step_number = first_step
-    while step_number < total:
-        batch = sharding.host_batch_to_global(next(data), mesh)
-        state, metrics = train_step(state, batch)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        step_number += 1
-        window_steps += 1
-        if not check_finite(config, metrics, step_number, ckpt):
-            skipped += 1
-        metrics["train/skipped_steps"] = skipped
-        if step_number % config.train.log_every == 0 or step_number == total:
-            elapsed = time.perf_counter() - window_start
-            metrics["perf/tokens_per_s"] = tokens_per_step * window_steps / elapsed
-            metrics["perf/mfu"] = perf.mfu(
-                flops_per_token, metrics["perf/tokens_per_s"], config.model.dtype
-            )
-            progress.update(step_number, metrics)
-            writer.write(step_number, metrics)
-        eval_due = config.train.eval_every and step_number % config.train.eval_every == 0
-        if eval_due or step_number == total:
-            last_eval = evaluator(state.params)
-            writer.write(step_number, last_eval)
-            distributed.log(
-                f"eval step {step_number}: loss {last_eval['eval/loss']:.4f} "
-                f"acc {last_eval['eval/mlm_accuracy']:.3f} ppl {last_eval['eval/perplexity']:.1f}"
-            )
-        stopping = stop.requested(step_number)
-        if ckpt.should_save(step_number) or step_number == total or stopping:
-            data_state = _gather_data_state(data.get_state())
-            ckpt.save(
-                step_number,
-                state,
-                data_state,
-                metrics=last_eval if eval_due else None,
-                force=True,
-            )
-        if stopping:
-            ckpt.wait()
-            progress.finish()
-            distributed.log(
-                f"{stop.signal_name}: saved step {step_number} in {ckpt.directory}; "
-                "run the same command to resume"
-            )
-            return {"step": step_number, "stopped_by": stop.signal_name}
-        # The first step of a session includes compilation: keep it out of throughput.
-        if step_number % config.train.log_every == 0 or step_number == first_step + 1:
-            window_start, window_steps = time.perf_counter(), 0
-    ckpt.wait()
-    progress.finish()
-    summary = {"step": step_number, "skipped_steps": skipped, **last_eval}
-    if first_step >= total:
-        distributed.log(f"already trained to step {total}; raise train.steps to continue")
-    else:
-        distributed.log(
-            "done: "
-            + ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()
-            )
-        )
-    return summary
+def _evaluate(evaluator, params, label: str) -> dict:
+    metrics = evaluator(params)
+    distributed.log(
+        f"eval {label}: loss {metrics['eval/loss']:.4f} "
+        f"acc {metrics['eval/mlm_accuracy']:.3f} ppl {metrics['eval/perplexity']:.1f}"
+    )
+    return metrics
 
 
 def load_run_params(workdir: str, step_number: int | None = None):
