@@ -88,7 +88,7 @@ def _finetune_config(path, run_inputs, pretrained, **finetune_fields):
     write_config(
         path,
         run_inputs,
-        model={"init_from": str(pretrained)},
+        model={"init_from": None if pretrained is None else str(pretrained)},
         train={"steps": 100, "global_batch_size": 16, "eval_every": 0, "log_every": 20,
                "checkpoint_every": 100, "seed": 0},
         # eps 1e-8: the fresh head makes encoder gradients ~1e-8, which eps 1e-6 would mute.
@@ -358,3 +358,34 @@ def test_modern_pointwise_reranker_exports_with_parity(datasets, run_inputs, tmp
     assert result.stdout.strip().splitlines()[-1].startswith("export verified: max")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["ModernBertForSequenceClassification"]
+
+
+def test_init_from_an_export_equals_init_from_its_run(datasets, run_inputs, pretrained, tmp_path):
+    """The encoder a fine-tune starts from is the same whether it comes from the pretraining
+    run, its Hugging Face export, or ``hf:`` + that export; the CLI runs a step from each."""
+    import jax
+
+    from mlm_jax import finetune, sharding
+
+    run_cli("export", "--workdir", pretrained, "--out", tmp_path / "hf", check=True)
+    encoders = {}
+    for name, source in (("run", pretrained), ("export", tmp_path / "hf"),
+                         ("hf", f"hf:{tmp_path / 'hf'}"), ("scratch", None)):  # fmt: skip
+        cfg = tmp_path / f"{name}.yaml"
+        config = _finetune_config(cfg, run_inputs, source, task="classify",
+                                  loss="cross_entropy", num_labels=2,
+                                  train_file=str(datasets["genre_train"]))  # fmt: skip
+        mesh = sharding.make_mesh(config)
+        _, _, shardings = finetune.abstract_state(config, mesh)
+        params = finetune.init_state(config, mesh, shardings).params["encoder"]
+        encoders[name] = [np.asarray(x) for x in jax.tree.leaves(params)]
+        if name != "scratch":
+            run_cli("finetune", "--config", cfg, "--workdir", tmp_path / f"ft-{name}",
+                    "--set", "train.steps=1", check=True)  # fmt: skip
+
+    def largest_difference(a, b):
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+
+    assert largest_difference(encoders["run"], encoders["export"]) <= 1e-6
+    assert largest_difference(encoders["run"], encoders["hf"]) <= 1e-6
+    assert largest_difference(encoders["run"], encoders["scratch"]) > 1e-2
