@@ -51,8 +51,8 @@ def build(
     )
     rng = random.Random(seed)
     records = {
-        "train": _records(train_side, train_queries, negatives, rng),
-        "eval": _records(held_side, eval_queries, negatives, rng),
+        "train": _records(train_side, train_queries, negatives, rng, "--train-queries"),
+        "eval": _records(held_side, eval_queries, negatives, rng, "--eval-queries"),
     }
     meta = {
         "source": source,
@@ -123,12 +123,12 @@ def _split(groups, seed: int, eval_share: float):
     return train_side, held_side
 
 
-def _records(side, count: int, negatives: int, rng: random.Random) -> list[dict]:
+def _records(side, count: int, negatives: int, rng: random.Random, option: str) -> list[dict]:
     """``count`` queries drawn across groups by size, each with ``negatives`` same-group glosses."""
     eligible = [key for key in sorted(side) if len(side[key]) > negatives]
     pool = [(key, i) for key in eligible for i in range(len(side[key]))]
     if len(pool) < count:
-        raise UserError(f"only {len(pool)} queries available on this side; ask for fewer")
+        raise UserError(f"{option} {count} is more than the {len(pool)} words available; lower it")
     rows = []
     for key, index in rng.sample(pool, count):
         word, gloss = side[key][index]

@@ -70,7 +70,7 @@ def test_same_seed_same_set_and_definition_passages(usage_set, tmp_path):
     [
         (["--passage", "poetry"], {}, "unknown --passage 'poetry'"),
         (["--negatives", "0"], {}, "--negatives must be at least 1"),
-        (["--train-queries", "900000"], {}, "ask for fewer"),
+        (["--train-queries", "900000"], {}, "--train-queries 900000 is more than the"),
         ([], {"WNSEARCHDIR": "/nonexistent"}, "apt-get install wordnet-base"),
     ],
 )
