@@ -37,9 +37,9 @@ def _final_params(workdir, step=None):
 
 @pytest.fixture(scope="module")
 def straight_run(run_inputs, tmp_path_factory):
-    """30 steps uninterrupted: the reference for every resume test."""
+    """40 steps uninterrupted: the reference for every resume test."""
     root = tmp_path_factory.mktemp("straight")
-    cfg = write_config(root / "run.yaml", run_inputs, train={"steps": 30, "checkpoint_every": 5})
+    cfg = write_config(root / "run.yaml", run_inputs, train={"steps": 40, "checkpoint_every": 5})
     run_cli("train", "--config", cfg, "--workdir", root / "run", check=True)
     return root / "run"
 
@@ -49,7 +49,7 @@ def test_run_learns_and_records(straight_run):
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert losses[-1] < losses[0] - 0.5, losses  # from ~ln(600) = 6.4
     evals = [r for r in records if "eval/loss" in r]
-    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert [r["step"] for r in evals] == [10, 20, 30, 40]
     assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
     keys = {"train/loss", "train/mlm_accuracy", "train/grad_norm", "train/learning_rate",
             "perf/tokens_per_s", "perf/mfu"}  # fmt: skip
@@ -61,7 +61,7 @@ def test_run_learns_and_records(straight_run):
 
 def test_kill_9_then_resume_is_bitwise_identical(straight_run, run_inputs, tmp_path):
     cfg = write_config(
-        tmp_path / "run.yaml", run_inputs, train={"steps": 30, "checkpoint_every": 5}
+        tmp_path / "run.yaml", run_inputs, train={"steps": 40, "checkpoint_every": 5}
     )
     workdir = tmp_path / "run"
     child = subprocess.Popen(
@@ -72,7 +72,7 @@ def test_kill_9_then_resume_is_bitwise_identical(straight_run, run_inputs, tmp_p
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and child.poll() is None:
         steps = _saved_steps(workdir)
-        if steps and max(steps) >= 15:
+        if steps and max(steps) >= 20:
             break
         time.sleep(0.2)
     assert child.poll() is None, "the run finished before it could be killed"
@@ -175,7 +175,7 @@ def test_eval_command_matches_the_logged_evaluation(straight_run):
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     logged = [r for r in _metrics(straight_run) if "eval/loss" in r][-1]
-    assert logged["step"] == 30
+    assert logged["step"] == 40
     assert printed["eval/loss"] == pytest.approx(logged["eval/loss"], rel=1e-5)
     assert printed["eval/perplexity"] == pytest.approx(np.exp(printed["eval/loss"]), rel=1e-5)
 
