@@ -1,7 +1,8 @@
 """Quiet the asyncio leftovers of an Orbax read or write that failed.
 
 When Orbax gives up on a checkpoint (a damaged file, a full disk), the real error reaches
-us and is reported in one line. Two kinds of leftovers would bury it:
+us and is reported in one line. Two kinds of leftovers would bury it (this module is
+installed once, when :mod:`mlm_jax.checkpoint` is imported):
 
 - Orbax closes its asyncio loop while TensorStore's C++ threads still hold completion
   callbacks for it; each late ``loop.call_soon_threadsafe`` raises "Event loop is closed"

@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mlm_jax import async_leftovers
 from mlm_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class _OneLineOrbaxErrors(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
+# Every Orbax read or write goes through this module, so its asyncio leftovers are quieted here,
+# once per process, whether we run from the CLI or as a library.
+async_leftovers.install()
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged"
@@ -163,11 +167,13 @@ class Checkpointer:
         try:
             yield
         except (OSError, ValueError, RuntimeError) as exc:
-            if self._failed or "rror writing" not in str(exc) and not isinstance(exc, OSError):
+            if self._failed or ("rror writing" not in str(exc) and not isinstance(exc, OSError)):
                 raise
             self._failed = True
-            previous = [s for s in self._manager.all_steps() if s is not None]
-            kept = f"newest intact checkpoint: step {max(previous)}" if previous else "none saved"
+            newest = self._manager.latest_step()  # as listed before the failed write
+            kept = (
+                f"newest intact checkpoint: step {newest}" if newest is not None else "none saved"
+            )
             raise UserError(
                 f"could not write a checkpoint in {self.directory} ({_describe(exc)}); "
                 f"free disk space or fix permissions, then rerun to resume ({kept})"

@@ -312,9 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlm_jax import async_leftovers
-
-    async_leftovers.install()
     try:
         args = build_parser().parse_args(argv)
         args.handler(args)

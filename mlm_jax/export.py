@@ -14,7 +14,6 @@ Tied copies (``cls.predictions.decoder.weight``, ``decoder.weight``) are not wri
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import yaml
 from flax import nnx
 
 from mlm_jax import artifacts, hf_tokenizer
+from mlm_jax import manifest as manifest_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.config import Config, ModelConfig
 from mlm_jax.errors import UserError
@@ -287,17 +287,15 @@ def export_run(
 
     run_config = Path(workdir) / "config.yaml"
     if run_config.is_file() and (yaml.safe_load(run_config.read_text()) or {}).get("finetune"):
-        from mlm_jax import finetune  # a fine-tuned run exports as a sequence classifier
+        from mlm_jax import finetune_export  # a fine-tuned run exports as a sequence classifier
 
-        return finetune.export_finetuned(workdir, out, step, force, verify)
+        return finetune_export.export_finetuned(workdir, out, step, force, verify)
     out = Path(out)
     check_out_dir(out, force)
     config, _, params = train.load_run_params(str(workdir), step)
     host_params = gather_to_host(params)
     if jax.process_index() == 0:
-        manifest_path = Path(workdir) / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-        write_export(config, host_params, out, manifest=manifest, force=force)
+        write_export(config, host_params, out, manifest=manifest_lib.read(workdir), force=force)
         which = "the newest checkpoint" if step is None else f"step {step}"
         distributed.log(f"wrote {out} ({config.model.family}, {which})")
         if verify:
@@ -412,10 +410,10 @@ def our_logits(
     config: Config, params: nnx.State, input_ids: np.ndarray, attention_mask: np.ndarray
 ) -> np.ndarray:
     """Our float32, dropout-free MLM logits ``[B, L, vocab_size]`` for padded rows."""
-    from mlm_jax.model import Encoder
+    from mlm_jax.model import abstract_encoder
 
     cfg = config.model.model_copy(update={"dtype": "float32"})
-    graphdef = nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))[0]
+    graphdef = abstract_encoder(cfg)[0]
     input_ids = np.asarray(input_ids, np.int32)
     segment_ids = np.asarray(attention_mask, np.int32)  # one document per row; 0 = padding
     positions = np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int32), input_ids.shape)

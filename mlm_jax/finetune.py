@@ -144,30 +144,15 @@ def _check_task(config) -> None:
 # ----------------------------------------------------------------------------- state and step
 
 
+def abstract_cross_encoder(config) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, params)`` of the cross-encoder, made of shapes only."""
+    outputs = num_outputs(config)
+    return nnx.split(nnx.eval_shape(lambda: CrossEncoder(config.model, outputs, rngs=nnx.Rngs(0))))
+
+
 def abstract_state(config, mesh):
     """``(graphdef, abstract_state, shardings)`` of the fine-tuning train state."""
-    tx, _ = make_optimizer(config)
-    outputs = num_outputs(config)
-    graphdef, params = nnx.split(
-        nnx.eval_shape(lambda: CrossEncoder(config.model, outputs, rngs=nnx.Rngs(0)))
-    )
-    replicated = NamedSharding(mesh, P())
-    abstract = step.TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=params,
-        opt_state=jax.eval_shape(tx.init, params),
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
-    )
-    shardings = step.TrainState(
-        step=replicated,
-        params=sharding.tree_shardings(abstract.params, mesh),
-        opt_state=sharding.tree_shardings(abstract.opt_state, mesh),
-        rng=replicated,
-    )
-    with_shardings = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-    return graphdef, with_shardings, shardings
+    return step.abstract_train_state(config, mesh, abstract_cross_encoder(config))
 
 
 def init_state(config, mesh, shardings) -> step.TrainState:
@@ -259,7 +244,7 @@ class Scorer:
         for start in range(0, len(pairs), self.chunk_rows):
             chunk = pairs[start : start + self.chunk_rows]
             padded = chunk + [chunk[-1]] * (self.chunk_rows - len(chunk))
-            rows = {k: v[mine] for k, v in self.encoder.encode(padded).items()}
+            rows = self.encoder.encode(padded[mine])  # rows encode independently
             logits = self._logits(params, sharding.host_batch_to_global(rows, self.mesh))
             out.append(np.asarray(jax.device_get(logits))[: len(chunk)])
         return np.concatenate(out).astype(np.float32)
@@ -390,6 +375,7 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
         data_state=dict,
         evaluate=evaluate,
         tokens_per_step=rows_per_step * config.data.seq_len,
+        accuracy_key="train/accuracy",
     )
     writer = MetricsWriter(workdir, enabled=distributed.is_primary())
     writer.truncate_after(first_step)
@@ -499,10 +485,3 @@ def print_scores(model: str, query=None, candidates=None, queries=None, top_k: i
         else:
             print(json.dumps(results[-1], ensure_ascii=False))
     return results
-
-
-def export_finetuned(workdir, out, step: int | None = None, force=False, verify=True) -> Path:
-    """``mlm-jax export`` of a fine-tuned run: a ``*ForSequenceClassification`` directory."""
-    from mlm_jax import finetune_export
-
-    return finetune_export.export_finetuned(workdir, out, step, force, verify)

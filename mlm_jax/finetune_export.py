@@ -20,6 +20,7 @@ from flax import nnx
 
 from mlm_jax import artifacts, distributed, export, hf_import, hf_tokenizer
 from mlm_jax import config as config_lib
+from mlm_jax import manifest as manifest_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 
@@ -60,12 +61,9 @@ def to_hf_tensors(config, params: nnx.State) -> dict[str, np.ndarray]:
 
 def from_hf_tensors(config, tensors: dict[str, np.ndarray]) -> nnx.State:
     """HF sequence-classification tensors -> our parameters (host numpy); the MLM head zeros."""
-    from mlm_jax.finetune import CrossEncoder, num_outputs
+    from mlm_jax.finetune import abstract_cross_encoder
 
-    family, outputs = config.model.family, num_outputs(config)
-    abstract = nnx.split(
-        nnx.eval_shape(lambda: CrossEncoder(config.model, outputs, rngs=nnx.Rngs(0)))
-    )[1]
+    family, abstract = config.model.family, abstract_cross_encoder(config)[1]
     zeros = jax.tree.map(lambda a: np.zeros(a.shape, np.float32), abstract["encoder"])
     encoder_tensors = export.to_hf_state_dict(config, zeros)  # every name, MLM head included
     encoder_tensors.update(tensors)
@@ -122,8 +120,7 @@ def export_finetuned(workdir, out, step: int | None, force: bool, verify: bool) 
     config, _, params = load_run(str(workdir), step)
     tensors = to_hf_tensors(config, params)
     if jax.process_index() == 0:
-        manifest_path = Path(workdir) / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+        manifest = manifest_lib.read(workdir)
         files = hf_tokenizer.hf_tokenizer_files(config.data.tokenizer, config)
         files["config.json"] = artifacts.json_bytes(hf_classifier_config(config))
         files["mlm_jax.json"] = artifacts.json_bytes(

@@ -31,7 +31,7 @@ _MASK_IN_TEXT = re.compile(r"\s*\[MASK\]")
 
 def load_model(path: str | os.PathLike):
     """``(config, graphdef, params, tokenizer)`` for an export, a HF directory or a run."""
-    from mlm_jax.model import Encoder
+    from mlm_jax.model import abstract_encoder
 
     directory = Path(path)
     if (directory / "mlm_jax.json").is_file():
@@ -56,7 +56,7 @@ def load_model(path: str | os.PathLike):
             "(config.yaml, checkpoints/); pass one of them"
         )
     config.model.dtype = "float32"  # inference from host parameters: full precision
-    graphdef = nnx.split(nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(0))))[0]
+    graphdef = abstract_encoder(config.model)[0]
     return config, graphdef, params, tokenizer_lib.load(config.data.tokenizer)
 
 

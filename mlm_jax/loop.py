@@ -79,12 +79,13 @@ class Job:
     evaluate: Callable[[Any, str], dict] | None  # (params, label) -> metrics; logs itself
     tokens_per_step: int  # global tokens per step, for throughput
     flops_per_token: float | None = None  # None: no MFU in the logs
+    accuracy_key: str = "train/mlm_accuracy"  # the accuracy the progress line shows
 
 
 def run(config, mesh, state, first_step: int, job: Job, train_step, writer, ckpt, stop) -> dict:
     """Train from ``first_step`` to ``config.train.steps``; returns the final summary."""
     total = config.train.steps
-    progress = ProgressLine(total)
+    progress = ProgressLine(total, accuracy_key=job.accuracy_key)
     skipped, last_eval, window_start, window_steps = 0, {}, time.perf_counter(), 0
     step_number = first_step
     while step_number < total:

@@ -66,8 +66,9 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 class ProgressLine:
     """A single refreshing terminal line: step, loss, accuracy, tokens/s, MFU, ETA."""
 
-    def __init__(self, total_steps: int, stream=None):
+    def __init__(self, total_steps: int, stream=None, accuracy_key: str = "train/mlm_accuracy"):
         self.total_steps = total_steps
+        self.accuracy_key = accuracy_key
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.started = time.monotonic()
@@ -79,8 +80,7 @@ class ProgressLine:
         done = step - self.first_step
         elapsed = time.monotonic() - self.started
         eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
-        # Pretraining reports MLM accuracy and MFU; fine-tuning its task accuracy and no MFU.
-        accuracy = scalars.get("train/mlm_accuracy", scalars.get("train/accuracy", float("nan")))
+        accuracy = scalars.get(self.accuracy_key, float("nan"))
         mfu = f"mfu {100 * scalars['perf/mfu']:.1f}%  " if "perf/mfu" in scalars else ""
         text = (
             f"step {step}/{self.total_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "

@@ -413,8 +413,8 @@ def abstract_encoder(cfg: ModelConfig):
 
 def param_count(config: Config) -> int:
     """Number of parameters (padded vocab included), from shapes only."""
-    model = nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(0)))
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    params = abstract_encoder(config.model)[1]
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
 def flops_per_token(config: Config) -> float:

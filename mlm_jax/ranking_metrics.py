@@ -22,15 +22,8 @@ def _tie_groups(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, n
     return sizes, counts.astype(np.int64)
 
 
-def expected_relevance(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """Expected relevance (0..1) at each rank, best first, under random tie-breaking."""
-    sizes, counts = _tie_groups(scores, relevant)
-    return np.repeat(counts / sizes, sizes)
-
-
-def _expected_reciprocal_rank(scores, relevant, cutoff: int) -> float:
+def _expected_reciprocal_rank(sizes, counts, cutoff: int) -> float:
     """E[1 / rank of the first relevant candidate] (0 beyond ``cutoff``), ties random."""
-    sizes, counts = _tie_groups(scores, relevant)
     group = int(np.flatnonzero(counts)[0])
     first, size, hits = int(sizes[:group].sum()), int(sizes[group]), int(counts[group])
     # P(the group's first relevant candidate sits at offset j) = C(size-j-1, hits-1) / C(size, hits)
@@ -46,7 +39,8 @@ def query_metrics(scores: np.ndarray, relevant: np.ndarray, cutoff: int = 10) ->
 
     Each is its expectation over the orders of tied candidates (random tie-breaking).
     """
-    gains = expected_relevance(scores, relevant)
+    sizes, counts = _tie_groups(scores, relevant)
+    gains = np.repeat(counts / sizes, sizes)  # expected relevance at each rank, best first
     total = float(np.sum(relevant))
     if total == 0:
         raise ValueError("a query without relevant candidates has no ranking metrics")
@@ -54,7 +48,7 @@ def query_metrics(scores: np.ndarray, relevant: np.ndarray, cutoff: int = 10) ->
     top = gains[:cutoff]
     ideal = discounts[: min(int(total), cutoff)].sum()
     return {
-        f"mrr@{cutoff}": float(_expected_reciprocal_rank(scores, relevant, cutoff)),
+        f"mrr@{cutoff}": float(_expected_reciprocal_rank(sizes, counts, cutoff)),
         f"ndcg@{cutoff}": float(np.dot(discounts[: len(top)], top) / ideal),
         "recall@1": float(gains[0] / total),
         f"recall@{cutoff}": float(top.sum() / total),

@@ -95,14 +95,12 @@ def create_sharded_model(config: Config, mesh: Mesh, rngs_seed: int):
     Returns ``(graphdef, params, param_shardings)``; ``params`` is an ``nnx.State``
     whose arrays are already distributed (never fully on one device).
     """
-    from mlm_jax.model import Encoder  # model imports this module for `constrain`
+    from mlm_jax.model import Encoder, abstract_encoder  # model imports this module
 
     def init():
         return nnx.split(Encoder(config.model, rngs=nnx.Rngs(rngs_seed)))[1]
 
-    graphdef, abstract_params = nnx.split(
-        nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(0)))
-    )
+    graphdef, abstract_params = abstract_encoder(config.model)
     shardings = tree_shardings(abstract_params, mesh)
     params = jax.jit(init, out_shardings=shardings)()
     return graphdef, params, shardings

@@ -37,14 +37,17 @@ class TrainState:
     rng: jax.Array  # uint32[2] dropout key; per step fold_in(rng, step)
 
 
-def abstract_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+def abstract_train_state(
+    config: Config, mesh: Mesh, model: tuple[nnx.GraphDef, nnx.State] | None = None
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
     """``(graphdef, abstract_state, state_shardings)`` without allocating anything.
 
     ``abstract_state`` holds ``jax.ShapeDtypeStruct``s carrying their shardings: the
-    restore target for a checkpoint on this mesh.
+    restore target for a checkpoint on this mesh. ``model`` is the abstract
+    ``(graphdef, params)`` to train; by default the pretraining encoder.
     """
     tx, _ = make_optimizer(config)
-    graphdef, abstract_params = abstract_encoder(config.model)
+    graphdef, abstract_params = model or abstract_encoder(config.model)
     replicated = NamedSharding(mesh, P())
     abstract_state = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),

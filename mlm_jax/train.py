@@ -38,14 +38,12 @@ def _gather_data_state(local: dict) -> dict:
     return merged
 
 
-def params_from_run(run_dir: str, config, mesh):
-    """Parameters of another run's newest checkpoint, placed on this mesh."""
+def params_from_run(run_dir: str, mesh):
+    """Parameters of another run's newest checkpoint, placed on this mesh.
+
+    Its shapes were already checked against this config by :func:`check_init_from`.
+    """
     other = config_lib.load(Path(run_dir) / "config.yaml")
-    mismatch = manifest.model_shape_changes(other.model, config.model)
-    if mismatch:
-        raise UserError(
-            f"model.init_from={run_dir} has other shapes ({mismatch}); match model.* to it"
-        )
     _, abstract, _ = step.abstract_train_state(other, mesh)
     with checkpoint.Checkpointer(run_dir, other) as source:
         restored = source.restore_latest(abstract)
@@ -72,7 +70,7 @@ def initial_params(config, mesh):
     """Parameters named by ``model.init_from`` (see :func:`_init_source`)."""
     kind, path = _init_source(config.model.init_from)
     if kind == "run":
-        return params_from_run(str(path), config, mesh)
+        return params_from_run(str(path), mesh)
     from mlm_jax import hf_import
 
     return hf_import.load_hf_checkpoint(path, config)

@@ -24,7 +24,6 @@ DEFAULT_DIR = "/usr/share/wordnet"
 
 @dataclass(frozen=True)
 class Synset:
-    offset: str
     pos: str
     lex_file: int
     lemmas: tuple[str, ...]  # spaces for WordNet's underscores, adjective markers removed
@@ -64,7 +63,7 @@ def _parse(line: str, pos: str) -> Synset | None:
     count = int(fields[3], 16)
     words = fields[4 : 4 + 2 * count : 2]
     lemmas = tuple(_clean_lemma(word) for word in words)
-    return Synset(fields[0], pos, int(fields[1]), lemmas, gloss.strip())
+    return Synset(pos, int(fields[1]), lemmas, gloss.strip())
 
 
 def _clean_lemma(word: str) -> str:
