@@ -100,6 +100,8 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
         valid_fraction=args.valid_fraction,
         force=args.force,
         text_field=args.text_field,
+        beam_runner=args.beam_runner,
+        beam_options=args.beam_options,
     )
 
 
@@ -195,7 +197,12 @@ def _tokenizer_parser(commands) -> None:
     tok = commands.add_parser("tokenizer", help="train a SentencePiece tokenizer")
     tok_commands = tok.add_subparsers(dest="action", required=True)
     train = tok_commands.add_parser("train", help="train on text files or builtin:NAME")
-    train.add_argument("--input", nargs="+", required=True, help="files, dirs, or builtin:NAME")
+    train.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="files, dirs, globs, builtin:NAME, or a dataset directory from `data prepare`",
+    )
     train.add_argument("--vocab-size", type=int, required=True)
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
@@ -204,7 +211,9 @@ def _tokenizer_parser(commands) -> None:
         "--max-sentences", type=int, default=2_000_000, help="sample at most this many sentences"
     )
     train.add_argument("--threads", type=int, default=None, help="default: all cores")
-    train.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    train.add_argument(
+        "--text-field", default="text", help="JSONL field or Parquet column holding the text"
+    )
     train.set_defaults(handler=_cmd_tokenizer_train)
 
 
@@ -212,11 +221,25 @@ def _data_parser(commands) -> None:
     data = commands.add_parser("data", help="prepare or inspect a dataset")
     data_commands = data.add_subparsers(dest="action", required=True)
     prepare = data_commands.add_parser("prepare", help="text → TFDS ArrayRecord dataset")
-    prepare.add_argument("--input", nargs="+", required=True, help="files, dirs, or builtin:NAME")
+    prepare.add_argument(
+        "--input", nargs="+", required=True, help="files, dirs, globs, or builtin:NAME"
+    )
     prepare.add_argument("--out", required=True, help="dataset directory")
     prepare.add_argument("--valid-fraction", type=float, default=0.01)
-    prepare.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    prepare.add_argument(
+        "--text-field", default="text", help="JSONL field or Parquet column holding the text"
+    )
     prepare.add_argument("--force", action="store_true", help="replace a different dataset")
+    prepare.add_argument(
+        "--beam-runner",
+        help="build with Apache Beam on this runner (DirectRunner, DataflowRunner, FlinkRunner, "
+        "...); needs the beam extra. Default: this process",
+    )
+    prepare.add_argument(
+        "--beam-options",
+        help='Beam pipeline flags as one string, e.g. "--direct_num_workers=0 '
+        '--direct_running_mode=multi_processing"',
+    )
     prepare.set_defaults(handler=_cmd_data_prepare)
     peek = data_commands.add_parser("peek", help="show the batches a process would see")
     _add_config_args(peek)

@@ -2,10 +2,14 @@
 
 ``prepare`` turns local text (anything :mod:`mlm_jax.sources` reads) into a TFDS
 dataset with ``train`` and ``validation`` splits and one feature, ``text`` (plus
-``doc_id``, the document's position in the inputs). A document goes to
-validation when the sha256 of its text falls below ``valid_fraction``, so the
-split is stable when documents are added or reordered, and duplicates never
-straddle the two splits.
+``doc_id``, see :func:`doc_id`). A document goes to validation when the sha256 of
+its text falls below ``valid_fraction``, so the split is stable when documents are
+added or reordered, and duplicates never straddle the two splits.
+
+Two engines build the same dataset: this process (the default; it reads each input
+once, spilling documents to a scratch file per split, then TFDS writes the
+shards), or an Apache Beam pipeline through TFDS's Beam support
+(:mod:`mlm_jax.beam_prepare`), for corpora that need many cores or machines.
 
 Layout of a prepared directory ``OUT``::
 
@@ -22,7 +26,10 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +42,48 @@ BUILDER_NAME = "mlm_jax_corpus"
 BUILDER_VERSION = "1.0.0"
 META_FILE = "meta.json"
 _HASH_SCALE = float(1 << 64)
+SPLITS = ("train", "validation")
+# A doc id packs the input's index (in the expanded, sorted input list) above the
+# document's position in that input: its byte offset for text, its row number for
+# Parquet, its index for builtin corpora. Whichever worker reads whichever slice,
+# a document gets the same id; 40 bits of position allow inputs up to 1 TiB.
+_POSITION_BITS = 40
+_MAX_INPUTS = 1 << (63 - _POSITION_BITS)
+# Per-shard size when Beam cuts large inputs into slices for its workers.
+DEFAULT_SHARD_BYTES = 64 << 20
+_SPILL_HEADER = struct.Struct("<qI")
+_PROGRESS_SECONDS = 5.0
 
 
 def validation_score(text: str) -> float:
     """A stable number in [0, 1) from the text; below ``valid_fraction`` means validation."""
     digest = hashlib.sha256(text.encode("utf-8", errors="replace")).digest()
     return int.from_bytes(digest[:8], "big") / _HASH_SCALE
+
+
+def doc_id(input_index: int, position: int) -> int:
+    """The id of the document at ``position`` of input number ``input_index``."""
+    if input_index >= _MAX_INPUTS or position >> _POSITION_BITS:
+        raise UserError(
+            f"input {input_index} is too large for doc ids (over {_MAX_INPUTS} inputs or a "
+            "file over 1 TiB); split it into smaller files"
+        )
+    return input_index << _POSITION_BITS | position
+
+
+def split_of(text: str, valid_fraction: float) -> str:
+    return "validation" if validation_score(text) < valid_fraction else "train"
+
+
+def shard_examples(
+    shard: sources.Shard, text_field: str, valid_fraction: float, stats: sources.ReadStats
+) -> Iterator[tuple[str, int, str]]:
+    """``(split, doc_id, text)`` for every document of one shard: the rule both engines use."""
+    for position, text in sources.read_shard(shard, text_field, stats):
+        split = split_of(text, valid_fraction)
+        text, replaced = _clean(text)
+        stats.undecodable_lines += replaced
+        yield split, doc_id(shard.input_index, position), text
 
 
 def _clean(text: str) -> tuple[str, bool]:
@@ -68,14 +111,8 @@ def _builder_class():
         # probes the package resources and needs the optional importlib_resources.
         code_path = None
 
-        def __init__(
-            self, *, inputs=(), text_field="text", valid_fraction=0.01, splits=(), **kwargs
-        ):
-            self._inputs = list(inputs)
-            self._splits = tuple(splits)
-            self._text_field = text_field
-            self._valid_fraction = valid_fraction
-            self.read_stats: dict[str, sources.ReadStats] = {}
+        def __init__(self, *, spills=None, **kwargs):
+            self._spills = dict(spills or {})
             super().__init__(**kwargs)
 
         def _info(self):
@@ -89,17 +126,11 @@ def _builder_class():
 
         def _split_generators(self, dl_manager):
             # TFDS refuses to write a split without examples, so empty ones are left out.
-            return {split: self._generate_examples(split) for split in self._splits}
+            return {split: self._generate_examples(path) for split, path in self._spills.items()}
 
-        def _generate_examples(self, split):
-            stats = self.read_stats.setdefault(split, sources.ReadStats())
-            documents = sources.iter_documents(self._inputs, self._text_field, stats)
-            for doc_id, text in enumerate(documents):
-                in_validation = validation_score(text) < self._valid_fraction
-                if in_validation == (split == "validation"):
-                    text, replaced = _clean(text)
-                    stats.undecodable_lines += replaced
-                    yield doc_id, {"text": text, "doc_id": doc_id}
+        def _generate_examples(self, path):
+            for key, text in read_spill(path):
+                yield key, {"text": text, "doc_id": key}
 
     _BUILDER_CLASS = MlmJaxCorpus
     return MlmJaxCorpus
@@ -136,32 +167,94 @@ def _check_existing(out: Path, request: dict, force: bool) -> dict | None:
     return None
 
 
-def _count_splits(inputs: list[str], text_field: str, valid_fraction: float) -> dict[str, int]:
-    """Documents per split, from a quick pass that only hashes."""
-    counts = {"train": 0, "validation": 0}
-    for text in sources.iter_documents(inputs, text_field):
-        counts["validation" if validation_score(text) < valid_fraction else "train"] += 1
-    return counts
+def write_spills(
+    shards: list[sources.Shard], text_field: str, valid_fraction: float, directory: Path
+) -> tuple[dict[str, Path], dict[str, int], sources.ReadStats]:
+    """Read every shard once, appending each document to its split's scratch file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {split: directory / f"{split}.bin" for split in SPLITS}
+    counts = dict.fromkeys(SPLITS, 0)
+    stats = sources.ReadStats()
+    progress = _Progress()
+    handles = {split: open(path, "wb") for split, path in paths.items()}  # noqa: SIM115
+    try:
+        for shard in shards:
+            for split, key, text in shard_examples(shard, text_field, valid_fraction, stats):
+                data = text.encode("utf-8")
+                handles[split].write(_SPILL_HEADER.pack(key, len(data)) + data)
+                counts[split] += 1
+                progress.maybe_report(stats)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return paths, counts, stats
 
 
-def _build(staging: Path, inputs: list[str], text_field: str, valid_fraction: float, splits):
+def read_spill(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """The ``(doc_id, text)`` records :func:`write_spills` wrote, in order."""
+    with open(path, "rb", buffering=1 << 20) as handle:
+        while header := handle.read(_SPILL_HEADER.size):
+            key, size = _SPILL_HEADER.unpack(header)
+            yield key, handle.read(size).decode("utf-8")
+
+
+class _Progress:
+    """A line on stderr every few seconds while inputs are read."""
+
+    def __init__(self):
+        self.started = self.last = time.monotonic()
+
+    def maybe_report(self, stats: sources.ReadStats) -> None:
+        now = time.monotonic()
+        if now - self.last < _PROGRESS_SECONDS:
+            return
+        self.last = now
+        megabytes = stats.characters / 1e6
+        print(
+            f"  reading inputs: {stats.documents:,} documents, {megabytes:,.0f} M characters "
+            f"({megabytes / (now - self.started):.1f} M/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def check_split_counts(counts: dict[str, int], valid_fraction: float, inputs: list[str]) -> None:
+    """Refuse a corpus with no training documents; warn when validation got none."""
+    if not any(counts.values()):
+        raise UserError(f"the inputs {inputs} hold no documents; pass a non-empty corpus")
+    if not counts["train"]:
+        raise UserError(
+            f"all {counts['validation']} documents fell into validation; lower --valid-fraction "
+            "or add text"
+        )
+    if not counts["validation"] and valid_fraction > 0:
+        print("warning: no document fell into validation; add text for one", file=sys.stderr)
+
+
+def _download_and_prepare(builder, staging: Path, **download_options) -> None:
     import tensorflow_datasets as tfds
 
-    builder = _builder_class()(
-        inputs=inputs,
-        text_field=text_field,
-        valid_fraction=valid_fraction,
-        splits=splits,
-        data_dir=str(staging),
-        file_format="array_record",
-    )
     tfds.disable_progress_bar()
     builder.download_and_prepare(
         download_dir=str(staging / "downloads"),
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False, **download_options),
     )
     shutil.rmtree(staging / "downloads", ignore_errors=True)
-    return builder
+
+
+def _build(staging: Path, shards, text_field: str, valid_fraction: float, inputs: list[str]):
+    """Build in this process: one pass over the inputs into scratch files, then TFDS."""
+    spill_dir = staging / "spill"
+    paths, counts, stats = write_spills(shards, text_field, valid_fraction, spill_dir)
+    check_split_counts(counts, valid_fraction, inputs)
+    builder = _builder_class()(
+        spills={split: str(paths[split]) for split in SPLITS if counts[split]},
+        data_dir=str(staging),
+        file_format="array_record",
+    )
+    _download_and_prepare(builder, staging)
+    shutil.rmtree(spill_dir, ignore_errors=True)
+    return builder, stats
 
 
 def prepare(
@@ -170,8 +263,16 @@ def prepare(
     valid_fraction: float = 0.01,
     force: bool = False,
     text_field: str = "text",
+    beam_runner: str | None = None,
+    beam_options: str | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> dict:
     """Write the inputs as a TFDS ArrayRecord dataset plus ``meta.json`` into ``out``.
+
+    With ``beam_runner`` (a Beam runner name, ``beam_options`` its flags as one
+    string) the dataset is built by an Apache Beam pipeline whose workers each read
+    slices of about ``shard_bytes``; otherwise by this process. Both give the same
+    documents, splits and doc ids.
 
     Atomic: built in a temporary sibling of ``out`` and renamed into place, so a
     failure never leaves a half-written dataset or damages an existing one.
@@ -180,6 +281,8 @@ def prepare(
     """
     if not 0.0 <= valid_fraction < 1.0:
         raise UserError(f"--valid-fraction {valid_fraction} must be in [0, 1); e.g. 0.01")
+    build = _choose_engine(beam_runner, beam_options)
+    shards = sources.plan_shards(inputs, text_field, shard_bytes if beam_runner else None)
     out_path = Path(out).expanduser().absolute()
     request = {
         "input_fingerprint": sources.fingerprint(inputs),
@@ -190,36 +293,42 @@ def prepare(
     if existing is not None:
         print(f"{out_path} already holds this dataset; nothing to do", file=sys.stderr)
         return {**existing, "reused": True}
-    counts = _count_splits(inputs, text_field, valid_fraction)
-    if not any(counts.values()):
-        raise UserError(f"the inputs {inputs} hold no documents; pass a non-empty corpus")
-    if not counts["train"]:
-        raise UserError(
-            f"all {counts['validation']} documents fell into validation; lower --valid-fraction "
-            "or add text"
-        )
-    if not counts["validation"] and valid_fraction > 0:
-        print("warning: no document fell into validation; add text for one", file=sys.stderr)
-    nonempty = [split for split, count in counts.items() if count]
     with artifacts.staged_directory(out_path) as staging:
-        builder = _build(staging, inputs, text_field, valid_fraction, nonempty)
-        stats = builder.read_stats["train"]
-        splits = {name: info.num_examples for name, info in builder.info.splits.items()}
-        meta = {
-            **request,
-            "inputs": list(inputs),
-            "splits": splits,
-            "documents": stats.documents,
-            "characters": stats.characters,
-            "undecodable_lines": stats.undecodable_lines,
-            "skipped_json_lines": stats.skipped_json_lines,
-            "tfds_name": BUILDER_NAME,
-            "tfds_version": BUILDER_VERSION,
-            "builder_dir": os.path.relpath(builder.data_dir, staging),
-        }
+        builder, stats = build(staging, shards, text_field, valid_fraction, inputs)
+        meta = _meta(request, inputs, builder, stats, staging, beam_runner)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out_path}: {splits} ({stats.summary()})", file=sys.stderr)
+    print(f"wrote {out_path}: {meta['splits']} ({stats.summary()})", file=sys.stderr)
     return {**meta, "reused": False}
+
+
+def _choose_engine(beam_runner: str | None, beam_options: str | None) -> Callable:
+    """The build function for the requested engine; checks Beam before anything is read."""
+    if beam_runner is None:
+        if beam_options:
+            raise UserError(
+                "--beam-options needs --beam-runner; add e.g. --beam-runner DirectRunner"
+            )
+        return _build
+    from mlm_jax import beam_prepare
+
+    return beam_prepare.engine(beam_runner, beam_options)
+
+
+def _meta(request, inputs, builder, stats, staging, beam_runner) -> dict:
+    return {
+        **request,
+        "inputs": list(inputs),
+        "splits": {name: info.num_examples for name, info in builder.info.splits.items()},
+        "documents": stats.documents,
+        "characters": stats.characters,
+        "undecodable_lines": stats.undecodable_lines,
+        "skipped_records": stats.skipped_records,
+        "doc_ids": f"input index << {_POSITION_BITS} | position in the input",
+        "engine": f"beam:{beam_runner}" if beam_runner else "single-process",
+        "tfds_name": BUILDER_NAME,
+        "tfds_version": BUILDER_VERSION,
+        "builder_dir": os.path.relpath(builder.data_dir, staging),
+    }
 
 
 class TextRecords:
@@ -250,6 +359,15 @@ class TextRecords:
     def __getitem__(self, index: int) -> str:
         value = self._open()[int(index)][self.feature]
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def iter_texts(self, batch_size: int = 1024) -> Iterator[str]:
+        """Every text in record order, read a batch at a time."""
+        source = self._open()
+        for first in range(0, self._size, batch_size):
+            indices = range(first, min(first + batch_size, self._size))
+            for record in source.__getitems__(list(indices)):
+                value = record[self.feature]
+                yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
     def __repr__(self) -> str:
         return f"TextRecords({self.location}, split={self.split!r}, feature={self.feature!r})"

@@ -1,30 +1,31 @@
 """Reading raw text inputs into documents.
 
-An input is a path or ``builtin:NAME``. Paths may be plain text (documents are
-separated by blank lines), ``.gz``/``.bz2``/``.xz`` compressed files, JSONL with a
-text field (one document per line), or directories searched recursively.
+An input is a path, a glob pattern or ``builtin:NAME``. Paths may be plain text
+(documents are separated by blank lines), ``.gz``/``.bz2``/``.xz`` compressed files,
+JSONL with a text field (one document per line), Parquet with a text column (one
+document per row), or directories of any of these, searched recursively.
 Every stage that takes text (tokenizer training, dataset preparation) reads it
-through :func:`iter_documents`, so they agree on what a document is.
+through this module, so they agree on what a document is.
+
+Work can be cut into :class:`Shard` s, slices of one input that are read
+independently (byte ranges of large uncompressed text, runs of Parquet row groups).
+Each document has a *position* in its input (byte offset, row number or index),
+the same whichever shard reads it: dataset doc ids are built from it.
 """
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
-import gzip
+import glob
 import hashlib
-import io
-import json
-import lzma
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlm_jax import builtin_corpora
+from mlm_jax import builtin_corpora, parquet_source, text_source
 from mlm_jax.errors import UserError
 
-_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclasses.dataclass
@@ -35,15 +36,32 @@ class ReadStats:
     documents: int = 0
     characters: int = 0
     undecodable_lines: int = 0
-    skipped_json_lines: int = 0
+    skipped_records: int = 0
+
+    def add(self, other: ReadStats) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
     def summary(self) -> str:
         text = f"{self.files} files, {self.documents} documents, {self.characters} characters"
         if self.undecodable_lines:
             text += f", {self.undecodable_lines} lines with non-UTF-8 bytes (replaced)"
-        if self.skipped_json_lines:
-            text += f", {self.skipped_json_lines} JSONL lines without text skipped"
+        if self.skipped_records:
+            text += f", {self.skipped_records} JSONL lines or Parquet rows without text skipped"
         return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """A slice of input number ``input_index``: bytes (text) or row groups (Parquet).
+
+    ``stop=None`` reads to the end; a builtin corpus is always one whole shard.
+    """
+
+    input_index: int
+    item: str
+    start: int = 0
+    stop: int | None = None
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -55,100 +73,87 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         if item.startswith("builtin:"):
             builtin_corpora.check_available(item.removeprefix("builtin:"))
             files.append(item)
-            continue
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(
-                str(p)
-                for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])
-            )
-            if not found:
-                raise UserError(f"input directory {item!r} holds no files; point at text files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(str(path))
+        elif not Path(item).expanduser().exists() and _GLOB_CHARS & set(item):
+            files.extend(_glob_files(item))
         else:
-            raise UserError(f"input {item!r} does not exist; check the path or use builtin:NAME")
+            files.extend(_path_files(item))
     return list(dict.fromkeys(files))
 
 
-def _open_text_bytes(path: str) -> io.BufferedIOBase:
-    suffix = Path(path).suffix.lower()
-    opener = _OPENERS.get(suffix, open)
-    return opener(path, "rb")
-
-
-def _inner_suffix(path: str) -> str:
-    """The suffix that tells the format, looking through a compression suffix."""
-    p = Path(path.lower())
-    if p.suffix in _OPENERS:
-        p = p.with_suffix("")
-    return p.suffix
-
-
-def _check_not_binary(path: str, head: bytes) -> None:
-    if b"\x00" in head:
-        raise UserError(
-            f"input {path!r} looks binary (NUL bytes); pass text, .gz/.bz2/.xz or JSONL files"
+def _path_files(item: str) -> list[str]:
+    path = Path(item).expanduser()
+    if path.is_dir():
+        found = sorted(
+            str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
         )
+        if not found:
+            raise UserError(f"input directory {item!r} holds no files; point at text files")
+        return found
+    if path.is_file():
+        return [str(path)]
+    raise UserError(f"input {item!r} does not exist; check the path or use builtin:NAME")
 
 
-def _decoded_lines(path: str, stats: ReadStats) -> Iterator[str]:
-    try:
-        with _open_text_bytes(path) as handle:
-            first = True
-            for raw in handle:
-                if first:
-                    _check_not_binary(path, raw[:8192])
-                    first = False
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    stats.undecodable_lines += 1
-                    yield raw.decode("utf-8", errors="replace")
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise UserError(f"cannot read input {path!r} ({exc}); check the file is intact") from None
+def _glob_files(pattern: str) -> list[str]:
+    """The files a pattern matches (``**`` spans directories), in sorted order."""
+    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    files = [
+        f for match in matches for f in (_path_files(match) if os.path.isdir(match) else [match])
+    ]
+    if not files:
+        raise UserError(
+            f"input pattern {pattern!r} matches no files; check the pattern (quote it so the "
+            "shell passes it through)"
+        )
+    return files
 
 
-def _paragraph_documents(lines: Iterator[str]) -> Iterator[str]:
-    block: list[str] = []
-    for line in lines:
-        stripped = line.strip()
-        if stripped:
-            block.append(stripped)
-        elif block:
-            yield "\n".join(block)
-            block = []
-    if block:
-        yield "\n".join(block)
+def _file_shards(index: int, path: str, text_field: str, shard_bytes: int | None):
+    if parquet_source.is_parquet(path):
+        ranges = parquet_source.row_group_ranges(path, text_field, shard_bytes)
+        return [Shard(index, path, start, stop) for start, stop in ranges] or [Shard(index, path)]
+    size = os.path.getsize(path)
+    if shard_bytes is None or text_source.is_compressed(path) or size <= shard_bytes:
+        return [Shard(index, path)]
+    cuts = list(range(0, size, shard_bytes))
+    return [Shard(index, path, start, start + shard_bytes) for start in cuts]
 
 
-def _jsonl_documents(
-    path: str, lines: Iterator[str], text_field: str, stats: ReadStats
-) -> Iterator[str]:
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(
-                f"{path}:{number}: not valid JSON; each line of a JSONL file must be an object"
-            ) from None
-        text = record.get(text_field) if isinstance(record, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            stats.skipped_json_lines += 1
-            continue
-        yield text.strip()
+def plan_shards(
+    inputs: list[str], text_field: str = "text", shard_bytes: int | None = None
+) -> list[Shard]:
+    """Cut the inputs into shards of about ``shard_bytes`` (``None``: one per input).
+
+    Checks what can be checked before reading: every input exists and every
+    Parquet file has a text column.
+    """
+    shards: list[Shard] = []
+    for index, item in enumerate(expand_inputs(inputs)):
+        if item.startswith("builtin:"):
+            shards.append(Shard(index, item))
+        else:
+            shards.extend(_file_shards(index, item, text_field, shard_bytes))
+    return shards
 
 
-def _file_documents(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
-    lines = _decoded_lines(path, stats)
-    if _inner_suffix(path) in _JSONL_SUFFIXES:
-        yield from _jsonl_documents(path, lines, text_field, stats)
+def read_shard(shard: Shard, text_field: str, stats: ReadStats) -> Iterator[tuple[int, str]]:
+    """Yield ``(position, document)`` for the documents of one shard, in order."""
+    if shard.start == 0:
+        stats.files += 1
+    if shard.item.startswith("builtin:"):
+        documents = enumerate(builtin_corpora.documents(shard.item.removeprefix("builtin:")))
+    elif parquet_source.is_parquet(shard.item):
+        documents = parquet_source.read_documents(
+            shard.item, text_field, stats, shard.start, shard.stop
+        )
     else:
-        yield from _paragraph_documents(lines)
+        documents = text_source.read_documents(
+            shard.item, text_field, stats, shard.start, shard.stop
+        )
+    for position, document in documents:
+        stats.documents += 1
+        stats.characters += len(document)
+        yield position, document
 
 
 def iter_documents(
@@ -156,16 +161,25 @@ def iter_documents(
 ) -> Iterator[str]:
     """Yield every document of the inputs in a fixed order."""
     stats = stats if stats is not None else ReadStats()
-    for item in expand_inputs(inputs):
-        stats.files += 1
-        if item.startswith("builtin:"):
-            documents = builtin_corpora.documents(item.removeprefix("builtin:"))
-        else:
-            documents = _file_documents(item, text_field, stats)
-        for document in documents:
-            stats.documents += 1
-            stats.characters += len(document)
+    for shard in plan_shards(inputs, text_field):
+        for _, document in read_shard(shard, text_field, stats):
             yield document
+
+
+def iter_lines(
+    inputs: list[str], text_field: str = "text", stats: ReadStats | None = None
+) -> Iterator[str]:
+    """Yield every non-blank line of every document, stripped, streaming plain text by line."""
+    stats = stats if stats is not None else ReadStats()
+    for shard in plan_shards(inputs, text_field):
+        path = shard.item
+        if path.startswith("builtin:") or parquet_source.is_parquet(path):
+            for _, document in read_shard(shard, text_field, stats):
+                yield from (line.strip() for line in document.splitlines() if line.strip())
+        else:
+            stats.files += 1
+            for line in text_source.read_lines(path, text_field, stats):
+                yield from (part.strip() for part in line.splitlines() if part.strip())
 
 
 def fingerprint(inputs: list[str]) -> str:

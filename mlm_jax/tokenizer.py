@@ -11,9 +11,11 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import itertools
 import os
 import random
 import re
+import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -40,32 +42,73 @@ def min_vocab_size() -> int:
     return len(SPECIAL_TOKENS) + _BYTE_PIECES + 64
 
 
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, the platform this reports for.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _is_prepared_dataset(item: str) -> bool:
+    from mlm_jax import corpus
+
+    return (Path(item) / corpus.META_FILE).is_file()
+
+
+def _dataset_lines(directory: str, stats: sources.ReadStats) -> Iterator[str]:
+    """The lines of the train split of a dataset made by ``mlm-jax data prepare``."""
+    from mlm_jax import corpus
+
+    stats.files += 1
+    for document in corpus.open_split(directory, "train").iter_texts():
+        stats.documents += 1
+        stats.characters += len(document)
+        yield from (line.strip() for line in document.splitlines() if line.strip())
+
+
 def _sentences(inputs: list[str], stats: sources.ReadStats, text_field: str) -> Iterator[str]:
-    for document in sources.iter_documents(inputs, text_field, stats=stats):
-        for line in document.splitlines():
-            line = line.strip()
-            if line:
-                yield line[:_MAX_SENTENCE_CHARS]
+    # Consecutive plain inputs stay one group, so one file named twice is read once.
+    for is_dataset, group in itertools.groupby(inputs, key=_is_prepared_dataset):
+        if is_dataset:
+            lines = (line for item in group for line in _dataset_lines(item, stats))
+        else:
+            lines = sources.iter_lines(list(group), text_field, stats)
+        for line in lines:
+            yield line[:_MAX_SENTENCE_CHARS]
+
+
+def _report(seen: int, reservoir: list[str], max_sentences: int, stats) -> None:
+    print(
+        f"  reading inputs: {seen:,} sentences seen, sample {len(reservoir):,} "
+        f"(at most {max_sentences:,}), {stats.characters / 1e6:,.0f} M characters, "
+        f"peak RSS {_peak_rss_mb():,.0f} MB",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _sample_sentences(
     inputs: list[str], max_sentences: int, seed: int, stats: sources.ReadStats, text_field: str
-) -> list[str]:
-    """Reservoir-sample sentences with a fixed seed, so retraining is byte-identical."""
+) -> tuple[list[str], int]:
+    """Reservoir-sample sentences with a fixed seed, so retraining is byte-identical.
+
+    Memory holds at most ``max_sentences`` sentences of at most 4 KB each, however
+    large the inputs: they are streamed line by line. Returns the sample and how
+    many sentences were seen.
+    """
     rng = random.Random(seed)
     reservoir: list[str] = []
     last_report = time.monotonic()
-    for seen, sentence in enumerate(_sentences(inputs, stats, text_field)):
-        if seen < max_sentences:
+    seen = 0
+    for seen, sentence in enumerate(_sentences(inputs, stats, text_field), 1):
+        if seen <= max_sentences:
             reservoir.append(sentence)
         else:
-            slot = rng.randint(0, seen)
+            slot = rng.randint(0, seen - 1)
             if slot < max_sentences:
                 reservoir[slot] = sentence
         if time.monotonic() - last_report > 2.0:
-            print(f"  reading inputs: {seen + 1:,} sentences", file=sys.stderr, flush=True)
+            _report(seen, reservoir, max_sentences, stats)
             last_report = time.monotonic()
-    return reservoir
+    return reservoir, seen
 
 
 def _run_sentencepiece(
@@ -134,12 +177,13 @@ def train_tokenizer(
     threads = threads or os.cpu_count() or 1
     started = time.monotonic()
     stats = sources.ReadStats()
-    sentences = _sample_sentences(inputs, max_sentences, seed, stats, text_field)
+    sentences, seen = _sample_sentences(inputs, max_sentences, seed, stats, text_field)
     if not sentences:
         raise UserError(f"the inputs {inputs} hold no text; pass a non-empty corpus")
     print(
-        f"training {model_type} tokenizer, vocab {vocab_size}, on {len(sentences):,} sentences "
-        f"({stats.summary()}), {threads} threads",
+        f"training {model_type} tokenizer, vocab {vocab_size}, on a sample of "
+        f"{len(sentences):,} of {seen:,} sentences ({stats.summary()}), {threads} threads, "
+        f"peak RSS {_peak_rss_mb():,.0f} MB",
         file=sys.stderr,
         flush=True,
     )
@@ -154,6 +198,7 @@ def train_tokenizer(
         "byte_fallback": True,
         "max_sentences": max_sentences,
         "sampled_sentences": len(sentences),
+        "seen_sentences": seen,
         "sample_seed": seed,
         "sentencepiece_version": spm.__version__,
         "inputs": inputs,
@@ -163,7 +208,11 @@ def train_tokenizer(
     }
     write_directory(out_path, {"spm.model": model_bytes, "meta.json": artifacts.json_bytes(meta)})
     elapsed = time.monotonic() - started
-    print(f"wrote {out_path}/spm.model in {elapsed:.1f}s", file=sys.stderr, flush=True)
+    print(
+        f"wrote {out_path}/spm.model in {elapsed:.1f}s, peak RSS {_peak_rss_mb():,.0f} MB",
+        file=sys.stderr,
+        flush=True,
+    )
     return meta
 
 
