@@ -10,13 +10,14 @@ from mlm_jax import sharding
 from mlm_jax import step as step_lib
 
 VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
+PEAK_LR = 3e-3
 
 
 def tiny_config(*extra: str):
     return conftest.tiny_config(
         "data.max_predictions=6",
         "train.steps=50",
-        "optim.learning_rate=3e-3",
+        f"optim.learning_rate={PEAK_LR}",
         "optim.warmup_steps=2",
         *extra,
     )
@@ -50,19 +51,48 @@ def random_batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def run_steps(config, batches, devices=None):
-    """Train on ``batches``; returns (per-step metrics, final state, graphdef, mesh)."""
+    """Train on ``batches``; returns (per-step metrics, final state, initial params on host)."""
     mesh = sharding.make_mesh(config, devices)
     graphdef, state, shardings = step_lib.init_train_state(config, mesh)
+    initial = jax.tree.map(np.array, state.params)  # a copy: the step donates the state
     train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
     history = []
     for batch in batches:
         state, metrics = train_step(state, sharding.host_batch_to_global(batch, mesh))
         history.append({k: float(v) for k, v in metrics.items()})
-    return history, state, graphdef, mesh
+    return history, state, initial
 
 
 def params_numpy(state):
     return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+# Two equivalent runs may differ by float32 rounding of a parameter (rtol) plus 1e-4 of one
+# update (atol): Adam moves every parameter by about the learning rate per step, so a dropped,
+# doubled or misrouted gradient shows up thousands of times above this.
+PARAM_RTOL, PARAM_ATOL = 1e-5, 1e-4 * PEAK_LR
+
+
+def assert_same_params(state, reference, label: str) -> None:
+    assert jax.tree.structure(state.params) == jax.tree.structure(reference.params)
+    named = jax.tree_util.tree_leaves_with_path(reference.params)
+    for (path, expected), value in zip(named, jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(value),
+            np.asarray(expected),
+            rtol=PARAM_RTOL,
+            atol=PARAM_ATOL,
+            err_msg=f"{label}: {jax.tree_util.keystr(path)}",
+        )
+
+
+def assert_params_moved(state, initial_params) -> None:
+    """Guards the comparisons below against comparing parameters that never left init."""
+    moved = [
+        float(np.abs(np.asarray(a) - b).max())
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(initial_params), strict=True)
+    ]
+    assert max(moved) > PEAK_LR, moved  # more than one step at the peak learning rate
 
 
 @pytest.mark.parametrize("family", ["bert", "modern"])
@@ -77,28 +107,52 @@ def test_same_losses_on_every_mesh(family):
     ]
     if family == "modern":
         meshes = meshes[:2]  # the single-device case is family-independent; save a compile
-    losses = {}
+    runs = {}
     for name, mesh_args, devices in meshes:
-        history, _, _, _ = run_steps(tiny_config(*extra, *mesh_args), batches, devices)
-        losses[name] = np.array([m["train/loss"] for m in history])
-    np.testing.assert_allclose(losses["2x2x2"], losses["8x1x1"], rtol=1e-4)
-    if "1x1x1" in losses:
-        np.testing.assert_allclose(losses["1x1x1"], losses["8x1x1"], rtol=1e-4)
+        history, state, initial = run_steps(tiny_config(*extra, *mesh_args), batches, devices)
+        runs[name] = (history, jax.tree.map(np.asarray, state), initial)
+    reference_history, reference, reference_initial = runs["8x1x1"]
+    # Five steps with warmup_steps=2: four of them with a learning rate above zero.
+    assert_params_moved(reference, reference_initial)
+    for name, (history, state, _) in runs.items():
+        if name == "8x1x1":
+            continue
+        for key, rtol in (("train/loss", 1e-4), ("train/grad_norm", 1e-5)):
+            np.testing.assert_allclose(
+                [m[key] for m in history],
+                [m[key] for m in reference_history],
+                rtol=rtol,
+                err_msg=f"{key} on mesh {name}",
+            )
+        assert_same_params(state, reference, f"mesh {name}")
+
+
+def uneven_batch(rows: int, seed: int) -> dict[str, np.ndarray]:
+    """Rows with 1..5 masked tokens: a per-micro-batch mean would weight them wrongly."""
+    batch = random_batch(rows, seed)
+    used = np.random.default_rng(seed).integers(1, 6, rows)
+    batch["mlm_weights"] = (np.arange(6)[None, :] < used[:, None]).astype(np.float32)
+    return batch
 
 
 def test_grad_accumulation_equals_one_large_batch():
-    batch = random_batch(32, seed=3)
+    # warmup_steps=1: the learning rate is 0 at step 0 only, so steps 1-3 update the params.
+    batches = [uneven_batch(32, seed) for seed in range(4)]
     common = (
         "train.global_batch_size=32",
         "model.dropout_rate=0",
         "model.attention_dropout_rate=0",
+        "optim.warmup_steps=1",
     )
-    one, one_state, _, _ = run_steps(tiny_config(*common), [batch])
-    accum, accum_state, _, _ = run_steps(tiny_config(*common, "optim.grad_accum_steps=4"), [batch])
+    one, one_state, initial = run_steps(tiny_config(*common), batches)
+    accum, accum_state, _ = run_steps(tiny_config(*common, "optim.grad_accum_steps=4"), batches)
+    assert [m["train/learning_rate"] > 0 for m in one] == [False, True, True, True]
     for key in ("train/loss", "train/mlm_accuracy", "train/grad_norm"):
-        np.testing.assert_allclose(accum[0][key], one[0][key], rtol=1e-5)
-    for a, b in zip(params_numpy(accum_state), params_numpy(one_state), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [m[key] for m in accum], [m[key] for m in one], rtol=1e-5, err_msg=key
+        )
+    assert_params_moved(one_state, initial)
+    assert_same_params(accum_state, one_state, "4 micro-batches vs one batch")
 
 
 class Compiled:
@@ -187,7 +241,7 @@ def test_eval_step_sums_match_the_train_loss(compiled):
 
 def test_bfloat16_step_runs_finite():
     batch = random_batch(8)
-    history, state, _, _ = run_steps(tiny_config("model.dtype=bfloat16"), [batch, batch, batch])
+    history, state, _ = run_steps(tiny_config("model.dtype=bfloat16"), [batch, batch, batch])
     assert all(np.isfinite(m["train/loss"]) and m["train/nonfinite"] == 0.0 for m in history)
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
 
