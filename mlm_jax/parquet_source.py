@@ -49,6 +49,15 @@ def _check_text_column(path: str, parquet_file, text_field: str) -> None:
         )
 
 
+def _text_bytes(row_group, text_field: str) -> int:
+    """Compressed bytes of the text column in a row group: what a reader of it loads."""
+    for index in range(row_group.num_columns):
+        column = row_group.column(index)
+        if column.path_in_schema == text_field:
+            return column.total_compressed_size
+    return row_group.total_byte_size
+
+
 def row_group_ranges(path: str, text_field: str, target_bytes: int | None) -> list[tuple[int, int]]:
     """Check the text column, then cut the row groups into ranges of about ``target_bytes``.
 
@@ -63,7 +72,7 @@ def row_group_ranges(path: str, text_field: str, target_bytes: int | None) -> li
     ranges: list[tuple[int, int]] = []
     first, size = 0, 0
     for index in range(count):
-        size += metadata.row_group(index).total_compressed_size
+        size += _text_bytes(metadata.row_group(index), text_field)
         if size >= target_bytes:
             ranges.append((first, index + 1))
             first, size = index + 1, 0
