@@ -47,6 +47,44 @@ def test_prepare_writes_both_splits_and_meta(prepared, text_file):
     assert all(corpus.validation_score(t) < 0.2 for t in validation)
     assert all(corpus.validation_score(t) >= 0.2 for t in train)
     assert any("broken \ufffd\ufffd line" in t for t in train + validation)
+    # Doc ids are (input 0, byte offset of the document), whichever split holds it.
+    offsets = [position for position, _ in sources.read_shard(sources.Shard(0, text_file), "text",
+                                                              sources.ReadStats())]  # fmt: skip
+    ids = [int(r["doc_id"]) for split in meta["splits"] for r in _rows(out, split)]
+    assert sorted(ids) == [corpus.doc_id(0, offset) for offset in offsets]
+    assert meta["engine"] == "single-process"
+
+
+def _rows(out, split):
+    records = corpus.open_split(str(out), split)
+    return [records._open()[i] for i in range(len(records))]
+
+
+def test_each_input_is_read_once(tmp_path, text_file, monkeypatch):
+    """Both splits come from one pass: every input file is opened for text exactly once."""
+    from mlm_jax import text_source
+
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "A second input."}\n{"text": "And its second document."}\n')
+    opened = []
+    real_open = text_source._open_bytes
+
+    def counting_open(path):
+        opened.append(path)
+        return real_open(path)
+
+    monkeypatch.setattr(text_source, "_open_bytes", counting_open)
+    meta = corpus.prepare([text_file, str(other)], str(tmp_path / "ds"), valid_fraction=0.2)
+    assert sorted(opened) == sorted([text_file, str(other)])
+    assert meta["splits"]["train"] and meta["splits"]["validation"]
+    assert meta["documents"] == 43
+
+
+def test_doc_id_packs_input_and_position():
+    assert corpus.doc_id(0, 0) == 0
+    assert corpus.doc_id(3, 17) == 3 * 2**40 + 17
+    with pytest.raises(UserError, match="1 TiB"):
+        corpus.doc_id(0, 2**40)
 
 
 def test_readable_by_tfds_without_tensorflow(prepared):
@@ -119,6 +157,20 @@ def test_bad_inputs_are_user_errors(tmp_path):
         corpus.prepare([str(tmp_path / "missing.txt")], str(tmp_path / "out"))
     with pytest.raises(UserError, match="valid-fraction"):
         corpus.prepare([str(empty)], str(tmp_path / "out"), valid_fraction=1.5)
+    with pytest.raises(UserError, match=r"pattern .*nothing-\*\.txt.* matches no files"):
+        corpus.prepare([str(tmp_path / "nothing-*.txt")], str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["empty.txt"]
+
+
+def test_bad_glob_via_cli_is_one_line(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("data", "prepare", "--input", tmp_path / "shards" / "*.parquet",
+                     "--out", tmp_path / "out")  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "matches no files" in lines[0] and "quote it" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_open_split_errors(prepared, tmp_path):
