@@ -1,8 +1,12 @@
 """Tokenizer training on real text: special ids, round trips, determinism, errors."""
 
 import json
+import os
+import random
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +154,71 @@ def test_builtin_corpora_are_real_and_large():
     assert len(text.encode()) > 1_000_000 and "Hamlet" in text
     with pytest.raises(UserError, match="unknown builtin corpus"):
         list(sources.iter_documents(["builtin:nothing"]))
+
+
+def _generated_corpus(path, lines, seed):
+    """Lines of 5-8 random Shakespeare lines each: real words, few exact repeats."""
+    pool = [line for doc in sources.iter_documents(["builtin:shakespeare"]) for line in
+            doc.splitlines() if len(line) > 20]  # fmt: skip
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(lines):
+            handle.write(" ".join(rng.sample(pool, rng.randint(5, 8))) + "\n")
+    return path
+
+
+def _peak_rss_of_training(corpus_path, out, max_sentences, log):
+    """Run `tokenizer train` in a child process; its own peak RSS in MB, from wait4."""
+    with open(log, "w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mlm_jax.cli", "tokenizer", "train", "--input", str(corpus_path),
+             "--vocab-size", "500", "--max-sentences", str(max_sentences), "--out", str(out)],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0, Path(log).read_text()
+    return usage.ru_maxrss / 1024
+
+
+def test_memory_stays_bounded_on_a_corpus_20x_the_sample(tmp_path):
+    """Peak RSS with 20x more text than --max-sentences keeps differs from 1x by < 20 MB,
+    while holding the whole large corpus would take more than 50 MB."""
+    keep = 10_000
+    small = _generated_corpus(tmp_path / "small.txt", keep, seed=1)
+    large = _generated_corpus(tmp_path / "large.txt", 20 * keep, seed=2)
+    assert large.stat().st_size > 50e6
+    small_rss = _peak_rss_of_training(small, tmp_path / "tok1", keep, tmp_path / "small.log")
+    large_rss = _peak_rss_of_training(large, tmp_path / "tok20", keep, tmp_path / "large.log")
+    assert large_rss - small_rss < 20, (small_rss, large_rss)
+    log = (tmp_path / "large.log").read_text()
+    assert f"on a sample of {keep:,} of {20 * keep:,} sentences" in log
+    assert re.search(r"peak RSS [\d,]+ MB", log)
+    meta = json.loads((tmp_path / "tok20" / "meta.json").read_text())
+    assert (meta["sampled_sentences"], meta["seen_sentences"]) == (keep, 20 * keep)
+
+
+def test_trains_from_a_prepared_dataset_directory(corpus_file, tmp_path):
+    from mlm_jax import corpus
+
+    corpus.prepare([str(corpus_file)], str(tmp_path / "ds"), valid_fraction=0.2)
+    meta = tokenizer.train_tokenizer([str(tmp_path / "ds")], str(tmp_path / "tok"), 800)
+    train_texts = list(corpus.open_split(str(tmp_path / "ds"), "train").iter_texts())
+    lines = [line for text in train_texts for line in text.splitlines() if line.strip()]
+    # Only the train split is read: validation text stays unseen by the tokenizer.
+    assert meta["seen_sentences"] == len(lines) < len(list(sources.iter_lines([str(corpus_file)])))
+    assert tokenizer.load(tmp_path / "tok").vocab_size == 800
+
+
+def test_trains_from_a_glob_of_parquet_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:40]
+    for number in range(2):
+        table = pa.table({"body": docs[number * 20 : number * 20 + 20]})
+        pq.write_table(table, tmp_path / f"part-{number}.parquet", row_group_size=7)
+    pattern = str(tmp_path / "part-*.parquet")
+    meta = tokenizer.train_tokenizer([pattern], str(tmp_path / "tok"), 600, text_field="body")
+    expected = sum(len([x for x in d.splitlines() if x.strip()]) for d in docs)
+    assert meta["seen_sentences"] == expected
