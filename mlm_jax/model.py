@@ -5,9 +5,10 @@ families, the embeddings, the MLM head, then the :class:`Encoder` that ties them
 together, and finally ``param_count`` / ``flops_per_token``.
 
 Parameters are float32 and every one carries logical axis names (see
-``mlm_jax.sharding.LOGICAL_RULES``). With ``model.dtype: bfloat16`` the matmul
-inputs are cast to bfloat16 and accumulate in float32; layer norms, softmax,
-the residual stream and the loss stay float32.
+``mlm_jax.sharding.LOGICAL_RULES``). Every matrix product goes through
+:mod:`mlm_jax.precision`: with ``model.dtype: bfloat16`` its operands are bfloat16 in
+the forward and the backward pass and it accumulates in float32; layer norms,
+softmax, the residual stream and the loss stay float32.
 
 Mapping onto Hugging Face tensors (kernels are stored ``[in, out]``; HF ``weight``
 is the transpose; ``.scale`` is HF ``.weight``):
@@ -51,6 +52,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mlm_jax import precision
 from mlm_jax.config import Config, ModelConfig
 from mlm_jax.sharding import constrain
 
@@ -108,8 +110,7 @@ class Dense(nnx.Module):
         self.bias = _param(rngs, _zeros, out_shape, axes[1:]) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.tensordot(x.astype(self.dtype), kernel, axes=1, preferred_element_type=jnp.float32)
+        y = precision.dense(x, self.kernel[...], self.dtype)
         if self.bias is not None:
             y = y + self.bias[...]
         return y  # float32
@@ -148,25 +149,25 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
 def attention(q, k, v, mask, *, dtype, dropout_rate: float, key: jax.Array | None):
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
-    ``jax.nn.dot_product_attention`` (cuDNN flash on GPU) has no dropout on the
-    probabilities, so training with attention dropout takes the explicit path;
-    both compute the same function (tested at rate 0). Returns float32.
+    fp32 without attention dropout uses ``jax.nn.dot_product_attention``. Everything
+    else takes the explicit path: ``dot_product_attention`` has no dropout on the
+    probabilities, and its XLA backward runs the two products on float32 cotangents,
+    which would put bf16 training back on the fp32 units. Both paths compute the same
+    function (tested). Returns float32.
     """
-    q, k, v = (t.astype(dtype) for t in (q, k, v))
-    if key is None or dropout_rate == 0.0:
+    if dtype == jnp.float32 and (key is None or dropout_rate == 0.0):
+        q, k, v = (t.astype(dtype) for t in (q, k, v))
         return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(jnp.float32)
-    return attention_with_dropout(q, k, v, mask, dropout_rate, key)
+    return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
 
 
-def attention_with_dropout(q, k, v, mask, dropout_rate: float, key: jax.Array | None):
-    """The explicit softmax path, with dropout on the attention probabilities."""
+def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key: jax.Array | None):
+    """Softmax attention written out: both products under the precision policy."""
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    logits = precision.einsum("bqhd,bkhd->bhqk", q, k, dtype) * scale  # [B, H, L, L] f32
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # [B, H, L, L]
-    return jnp.einsum(
-        "bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
-    )
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # float32
+    return precision.einsum("bhqk,bkhd->bqhd", probs, v, dtype)
 
 
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -312,13 +313,8 @@ class MLMHead(nnx.Module):
         self.decoder_bias = _param(rngs, _zeros, (cfg.padded_vocab_size,), ("vocab",))
 
     def __call__(self, hidden: jax.Array, table: jax.Array) -> jax.Array:
-        h = self.norm(gelu(self.dense(hidden)))  # [..., D]
-        logits = jnp.einsum(
-            "...d,vd->...v",
-            h.astype(self.dtype),
-            table.astype(self.dtype),
-            preferred_element_type=jnp.float32,
-        )
+        h = self.norm(gelu(self.dense(hidden)))  # [B, P, D]
+        logits = precision.einsum("bpd,vd->bpv", h, table, self.dtype)  # the tied decoder
         logits = logits + self.decoder_bias[...]
         real = jnp.arange(logits.shape[-1]) < self.vocab_size
         return jnp.where(real, logits, PADDED_LOGIT)  # [..., Vpad]
@@ -335,7 +331,7 @@ class Encoder(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+        self.dtype = precision.compute_dtype(cfg.dtype)
         if cfg.family == "bert":
             self.embeddings = BertEmbeddings(cfg, rngs)
             layers = [BertBlock(cfg, self.dtype, rngs) for _ in range(cfg.num_layers)]

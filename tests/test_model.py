@@ -129,8 +129,14 @@ def test_explicit_attention_path_matches_dot_product_attention():
     segments = jnp.asarray(np.repeat([[1, 1, 2, 0]], SEQ // 4, axis=1).repeat(2, 0))
     mask = model_lib.segment_mask(segments)
     reference = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    explicit = model_lib.attention_with_dropout(q, k, v, mask, 0.0, None)
+    explicit = model_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
     np.testing.assert_allclose(explicit, reference, rtol=1e-5, atol=1e-5)
+    # The bf16 path is the same function up to bf16 rounding of the operands.
+    low = model_lib.explicit_attention(q, k, v, mask, jnp.bfloat16, 0.0, None)
+    reference_low = jax.nn.dot_product_attention(
+        *(t.astype(jnp.bfloat16) for t in (q, k, v)), mask=mask
+    ).astype(jnp.float32)
+    np.testing.assert_allclose(low, reference_low, rtol=0.02, atol=0.02)
 
 
 def test_dropout_only_with_a_key():
