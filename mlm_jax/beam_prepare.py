@@ -15,6 +15,7 @@ Flink, Spark), given a staging path every worker can read and write.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -32,8 +33,10 @@ _COUNTERS = "mlm_jax"
 _HARNESS_LOG_FLAG = "--default_sdk_harness_log_level"
 # TFDS's Beam writer fails a split that received no example with this message.
 _EMPTY_SPLIT = re.compile(r"total number of generated examples is 0 for split (\w+)")
-# A UserError raised on a worker comes back inside the runner's error text.
-_WORKER_USER_ERROR = re.compile(r"UserError: (.+)")
+# A UserError raised on a worker process comes back inside the runner's error text.
+_WORKER_USER_ERROR = re.compile(r"UserError: (.+)$", re.M)
+# Beam appends the step an error happened in to its message.
+_STEP_SUFFIX = re.compile(r" \[while running '[^']*'\]$")
 
 
 def _import_beam():
@@ -115,7 +118,7 @@ def examples_of(element, split: str) -> Iterator:
 def _builder_class():
     import apache_beam as beam
 
-    base = corpus._builder_class()
+    base = corpus.builder_class()
 
     class MlmJaxCorpusBeam(base, skip_registration=True):
         """The corpus builder with Beam generators; writes a dataset named like its base."""
@@ -167,7 +170,8 @@ def _run(staging: Path, shards, text_field, valid_fraction, splits, runner, opti
         data_dir=str(staging),
         file_format="array_record",
     )
-    corpus._download_and_prepare(builder, staging, beam_runner=runner, beam_options=options)
+    with _quiet_beam_logs():
+        corpus.download_and_prepare(builder, staging, beam_runner=runner, beam_options=options)
     return builder
 
 
@@ -177,9 +181,26 @@ def _empty_split(error: Exception) -> str | None:
 
 
 def _user_error_from(error: Exception) -> UserError | None:
-    """A worker's UserError, recovered from the text the runner re-raised it with."""
-    match = _WORKER_USER_ERROR.search(str(error))
-    return UserError(match.group(1).strip().rstrip("'\"")) if match else None
+    """A worker's UserError as we raised it, from what the runner re-raised."""
+    text = str(error)
+    if not isinstance(error, UserError):
+        match = _WORKER_USER_ERROR.search(text)
+        if match is None:
+            return None
+        text = match.group(1)
+    return UserError(_STEP_SUFFIX.sub("", text.strip()))
+
+
+@contextlib.contextmanager
+def _quiet_beam_logs():
+    """Beam logs a failing worker's traceback before raising it; the error raised is enough."""
+    logger = logging.getLogger("apache_beam")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _build(staging, shards, text_field, valid_fraction, inputs, runner, options):

@@ -95,7 +95,7 @@ def _clean(text: str) -> tuple[str, bool]:
         return text.encode("utf-8", errors="replace").decode("utf-8"), True
 
 
-def _builder_class():
+def builder_class():
     """Define the builder lazily: importing TFDS costs a second the CLI should not always pay."""
     global _BUILDER_CLASS
     if _BUILDER_CLASS is not None:
@@ -231,7 +231,8 @@ def check_split_counts(counts: dict[str, int], valid_fraction: float, inputs: li
         print("warning: no document fell into validation; add text for one", file=sys.stderr)
 
 
-def _download_and_prepare(builder, staging: Path, **download_options) -> None:
+def download_and_prepare(builder, staging: Path, **download_options) -> None:
+    """TFDS's build into ``staging``; nothing is downloaded, the builder reads local inputs."""
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
@@ -247,12 +248,12 @@ def _build(staging: Path, shards, text_field: str, valid_fraction: float, inputs
     spill_dir = staging / "spill"
     paths, counts, stats = write_spills(shards, text_field, valid_fraction, spill_dir)
     check_split_counts(counts, valid_fraction, inputs)
-    builder = _builder_class()(
+    builder = builder_class()(
         spills={split: str(paths[split]) for split in SPLITS if counts[split]},
         data_dir=str(staging),
         file_format="array_record",
     )
-    _download_and_prepare(builder, staging)
+    download_and_prepare(builder, staging)
     shutil.rmtree(spill_dir, ignore_errors=True)
     return builder, stats
 

@@ -96,8 +96,10 @@ def test_doc_ids_point_at_the_document(both, inputs):
     assert checked > 300
 
 
-def test_worker_failure_leaves_out_untouched(inputs, tmp_path):
-    """A truncated .gz fails its worker mid-build: the old dataset stays, no staging is left."""
+@pytest.mark.parametrize("options", [TWO_WORKERS, None], ids=["2-workers", "in-process"])
+def test_worker_failure_leaves_out_untouched(inputs, tmp_path, options):
+    """A truncated .gz fails its worker mid-build: the old dataset stays, no staging is left,
+    and the worker's error comes back as the one-line error it raised."""
     out = tmp_path / "ds"
     corpus.prepare(inputs, str(out), valid_fraction=0.1)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -106,14 +108,14 @@ def test_worker_failure_leaves_out_untouched(inputs, tmp_path):
     with open(os.path.join(inputs[0], "plays.txt"), "rb") as handle:
         data = gzip.compress(handle.read())
     (broken / "plays.txt.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match=r"plays\.txt\.gz.*intact"):
+    with pytest.raises(UserError, match=r"^cannot read input .*plays\.txt\.gz.*intact$"):
         corpus.prepare(
             [*inputs, str(broken)],
             str(out),
             valid_fraction=0.1,
             force=True,
             beam_runner="DirectRunner",
-            beam_options=TWO_WORKERS,
+            beam_options=options,
         )
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(os.listdir(tmp_path)) == ["broken", "ds"]
