@@ -80,25 +80,54 @@ class Job:
     tokens_per_step: int  # global tokens per step, for throughput
     flops_per_token: float | None = None  # None: no MFU in the logs
     accuracy_key: str = "train/mlm_accuracy"  # the accuracy the progress line shows
+    input_knobs: str = ""  # what to raise when the loop waits on its input
+
+
+# Waiting on the next batch for more than this share of a logging window is worth a
+# warning: the accelerator idles that long, whatever the model and mesh.
+INPUT_BOUND_SHARE = 0.10
+
+
+class Window:
+    """Wall time and input-wait time of the steps since the last log line."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        self.started, self.steps, self.waiting = time.perf_counter(), 0, 0.0
+
+    def fetch(self, next_batch: Callable[[int], dict], step_number: int, mesh) -> dict:
+        """The next global batch, timing how long the loop waited for it."""
+        started = time.perf_counter()
+        batch = sharding.host_batch_to_global(next_batch(step_number), mesh)
+        self.waiting += time.perf_counter() - started
+        return batch
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
 
 
 def run(config, mesh, state, first_step: int, job: Job, train_step, writer, ckpt, stop) -> dict:
     """Train from ``first_step`` to ``config.train.steps``; returns the final summary."""
     total = config.train.steps
     progress = ProgressLine(total, accuracy_key=job.accuracy_key)
-    skipped, last_eval, window_start, window_steps = 0, {}, time.perf_counter(), 0
+    if job.flops_per_token is not None and first_step < total:
+        distributed.log(f"MFU is measured against {perf.device_peak(config.model.dtype)}")
+    skipped, last_eval, window, warned = 0, {}, Window(), False
     step_number = first_step
     while step_number < total:
-        batch = sharding.host_batch_to_global(job.next_batch(step_number), mesh)
+        batch = window.fetch(job.next_batch, step_number, mesh)
         state, metrics = train_step(state, batch)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         step_number += 1
-        window_steps += 1
+        window.steps += 1
         if not check_finite(config, metrics, step_number, ckpt):
             skipped += 1
         metrics["train/skipped_steps"] = skipped
         if step_number % config.train.log_every == 0 or step_number == total:
-            _add_throughput(config, job, metrics, window_steps, time.perf_counter() - window_start)
+            _add_throughput(config, job, metrics, window)
+            warned = warned or _warn_if_input_bound(metrics, window, job)
             progress.update(step_number, metrics)
             writer.write(step_number, metrics)
         eval_due = config.train.eval_every and step_number % config.train.eval_every == 0
@@ -120,7 +149,7 @@ def run(config, mesh, state, first_step: int, job: Job, train_step, writer, ckpt
             return {"step": step_number, "stopped_by": stop.signal_name}
         # The first step of a session includes compilation: keep it out of throughput.
         if step_number % config.train.log_every == 0 or step_number == first_step + 1:
-            window_start, window_steps = time.perf_counter(), 0
+            window.restart()
     ckpt.wait()
     progress.finish()
     summary = {"step": step_number, "skipped_steps": skipped, **last_eval}
@@ -131,12 +160,28 @@ def run(config, mesh, state, first_step: int, job: Job, train_step, writer, ckpt
     return summary
 
 
-def _add_throughput(config, job: Job, metrics: dict, steps: int, seconds: float) -> None:
-    metrics["perf/tokens_per_s"] = job.tokens_per_step * steps / seconds
+def _add_throughput(config, job: Job, metrics: dict, window: Window) -> None:
+    seconds = window.seconds()
+    metrics["perf/tokens_per_s"] = job.tokens_per_step * window.steps / seconds
+    # Time spent fetching and placing the next batch, not overlapped with the step: the
+    # loop waits for each step's metrics, so this is time the devices sat idle.
+    metrics["perf/input_wait_share"] = window.waiting / seconds
     if job.flops_per_token is not None:
         metrics["perf/mfu"] = perf.mfu(
             job.flops_per_token, metrics["perf/tokens_per_s"], config.model.dtype
         )
+
+
+def _warn_if_input_bound(metrics: dict, window: Window, job: Job) -> bool:
+    """One warning line the first time a window is input-bound; True once warned."""
+    share = metrics["perf/input_wait_share"]
+    if share <= INPUT_BOUND_SHARE:
+        return False
+    distributed.log(
+        f"warning: input-bound: the loop waited for batches {100 * share:.0f}% of the last "
+        f"{window.steps} steps; {job.input_knobs or 'make batches cheaper to produce'}"
+    )
+    return True
 
 
 def _format(key: str, value) -> str:

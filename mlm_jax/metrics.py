@@ -82,6 +82,9 @@ class ProgressLine:
         eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
         accuracy = scalars.get(self.accuracy_key, float("nan"))
         mfu = f"mfu {100 * scalars['perf/mfu']:.1f}%  " if "perf/mfu" in scalars else ""
+        # Share of wall time spent waiting for batches: high means input-bound.
+        wait = scalars.get("perf/input_wait_share")
+        mfu += f"input wait {100 * wait:.0f}%  " if wait is not None else ""
         text = (
             f"step {step}/{self.total_steps}  loss {scalars.get('train/loss', float('nan')):.4f}  "
             f"acc {accuracy:.3f}  {scalars.get('perf/tokens_per_s', 0.0):,.0f} tok/s  "

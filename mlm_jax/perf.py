@@ -9,21 +9,36 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
-# Dense bf16 peak FLOP/s per device from the vendors' data sheets (no sparsity).
-_PUBLISHED_BF16_PEAK = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
+# Per-device dense peaks from the vendors' data sheets, FLOP/s: (bf16 on the matrix
+# units, fp32). On GPUs fp32 means the FMA units, not TF32 tensor cores, and is far
+# below half the bf16 figure (H100 SXM: 67 vs 989 TFLOP/s). TPUs run fp32 matmuls as
+# bf16 passes at JAX's default precision, so their fp32 figure is the bf16 one.
+_PUBLISHED_PEAKS = {
+    "H100": (989e12, 67e12),
+    "H200": (989e12, 67e12),
+    "A100": (312e12, 19.5e12),
+    "TPU v4": (275e12, 275e12),
+    "TPU v5 lite": (197e12, 197e12),
+    "TPU v5e": (197e12, 197e12),
+    "TPU v5p": (459e12, 459e12),
+    "TPU v6 lite": (918e12, 918e12),
 }
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The peak MFU is measured against, and what that peak is of."""
+
+    flops: float  # all devices together
+    precision: str  # e.g. "bf16 dense, published for H100"
+
+    def __str__(self) -> str:
+        return f"{self.flops / 1e12:.3g} TFLOP/s ({self.precision})"
 
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int = 8) -> float:
@@ -48,17 +63,22 @@ def measure_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int =
 
 
 @functools.cache
-def device_peak_flops(dtype: str = "float32") -> float:
+def device_peak(dtype: str = "float32") -> Peak:
     """Peak FLOP/s of all devices together: published for accelerators, measured on CPU."""
     device = jax.devices()[0]
+    short = "bf16" if dtype == "bfloat16" else "fp32"
     if device.platform != "cpu":
-        for name, peak in _PUBLISHED_BF16_PEAK.items():
+        for name, (bf16, fp32) in _PUBLISHED_PEAKS.items():
             if name.lower() in device.device_kind.lower():
-                scale = 1.0 if dtype == "bfloat16" else 0.5
-                return peak * scale * jax.device_count()
+                per_device = bf16 if dtype == "bfloat16" else fp32
+                what = "matrix units" if dtype == "bfloat16" or name.startswith("TPU") else "FMA"
+                return Peak(
+                    per_device * jax.device_count(),
+                    f"{short} dense on the {what}, published for {name}",
+                )
     # Simulated CPU devices share the same cores: the host's peak is the whole budget.
-    return measure_matmul_peak(dtype)
+    return Peak(measure_matmul_peak(dtype), f"{short} matmul peak measured on this host")
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, dtype: str) -> float:
-    return flops_per_token * tokens_per_s / device_peak_flops(dtype)
+    return flops_per_token * tokens_per_s / device_peak(dtype).flops

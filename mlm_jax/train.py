@@ -16,7 +16,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mlm_jax import checkpoint, distributed, loop, manifest, model, pipeline, sharding, step
+from mlm_jax import (
+    baselines,
+    checkpoint,
+    distributed,
+    loop,
+    manifest,
+    model,
+    pipeline,
+    sharding,
+    step,
+)
 from mlm_jax import config as config_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
@@ -138,7 +148,8 @@ def _log_start(config, mesh, local_batch: int) -> None:
 
 
 class Evaluator:
-    """MLM loss, accuracy and perplexity over fixed validation batches."""
+    """MLM loss, accuracy and perplexity over fixed validation batches, with the
+    context-free baselines on the same masked tokens (:mod:`mlm_jax.baselines`)."""
 
     def __init__(self, config, mesh, graphdef, param_shardings, num_batches: int):
         self.mesh = mesh
@@ -146,6 +157,8 @@ class Evaluator:
             config, num_batches, jax.process_index(), jax.process_count()
         )
         self.eval_step = step.make_eval_step(config, mesh, graphdef, param_shardings)
+        tokenizer = tokenizer_lib.load(config.data.tokenizer)
+        self.baseline = baselines.eval_baseline(config, tokenizer, self.batches)
 
     def __call__(self, params) -> dict[str, float]:
         totals = np.zeros(3)
@@ -158,6 +171,7 @@ class Evaluator:
             "eval/mlm_accuracy": totals[1] / max(totals[2], 1.0),
             "eval/perplexity": math.exp(min(loss, 50.0)),
             "eval/tokens": totals[2],
+            **self.baseline,
         }
 
 
@@ -191,6 +205,10 @@ def _train(config, workdir: Path, mesh, checkpointer) -> dict:
         evaluate=functools.partial(_evaluate, evaluator),
         tokens_per_step=config.train.global_batch_size * config.data.seq_len,
         flops_per_token=model.flops_per_token(config),
+        input_knobs=(
+            f"raise data.worker_count (now {config.data.worker_count}) or "
+            f"data.prefetch_batches (now {config.data.prefetch_batches})"
+        ),
     )
     writer = MetricsWriter(workdir, enabled=distributed.is_primary())
     writer.truncate_after(first_step)
@@ -211,7 +229,9 @@ def _evaluate(evaluator, params, label: str) -> dict:
     metrics = evaluator(params)
     distributed.log(
         f"eval {label}: loss {metrics['eval/loss']:.4f} "
-        f"acc {metrics['eval/mlm_accuracy']:.3f} ppl {metrics['eval/perplexity']:.1f}"
+        f"acc {metrics['eval/mlm_accuracy']:.3f} ppl {metrics['eval/perplexity']:.1f} | "
+        f"context-free baseline: loss {metrics['baseline/unigram_loss']:.4f} "
+        f"acc {metrics['baseline/majority_accuracy']:.3f}"
     )
     return metrics
 
