@@ -106,16 +106,34 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_relevance(args: argparse.Namespace) -> None:
+    if args.pairs is not None:
+        from mlm_jax import relevance_pairs
+
+        if args.source is not None or args.passage is not None:
+            raise UserError("--pairs builds from a pairs file; drop --source and --passage")
+        relevance_pairs.build(
+            args.pairs,
+            out=args.out,
+            eval_queries=args.eval_queries,
+            train_queries=args.train_queries,
+            negatives=args.negatives,
+            candidates=20 if args.candidates is None else args.candidates,
+            seed=args.seed,
+            force=args.force,
+        )
+        return
     from mlm_jax import relevance_sets
 
+    if args.candidates is not None:
+        raise UserError("--candidates is for --pairs sets; WordNet sets use --negatives")
     relevance_sets.build(
-        args.source,
+        args.source or "wordnet",
         out=args.out,
-        train_queries=args.train_queries,
+        train_queries=6000 if args.train_queries is None else args.train_queries,
         eval_queries=args.eval_queries,
         negatives=args.negatives,
         seed=args.seed,
-        passage=args.passage,
+        passage=args.passage or "usage",
         force=args.force,
     )
 
@@ -179,6 +197,14 @@ def _cmd_score(args: argparse.Namespace) -> None:
         candidates=args.candidates,
         queries=args.queries,
         top_k=args.top_k,
+    )
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from mlm_jax import search
+
+    search.print_search(
+        args.collection, args.model, query=args.query, queries=args.queries, top_k=args.top_k
     )
 
 
@@ -251,16 +277,22 @@ def _data_parser(commands) -> None:
     relevance = data_commands.add_parser(
         "relevance", help="build a reranking set (query, positive, negatives) from real text"
     )
-    relevance.add_argument("--source", default="wordnet", help="wordnet: word → its gloss")
+    relevance.add_argument(
+        "--pairs", help='JSONL of {"query", "passage"} lines: split by query, BM25 negatives'
+    )
+    relevance.add_argument("--source", help="wordnet (the default without --pairs)")
     relevance.add_argument("--out", required=True, help="directory for train/eval JSONL")
-    relevance.add_argument("--train-queries", type=int, default=6000)
+    relevance.add_argument(
+        "--train-queries", type=int, help="default: 6000 (wordnet), every query left (--pairs)"
+    )
     relevance.add_argument("--eval-queries", type=int, default=300)
     relevance.add_argument("--negatives", type=int, default=7, help="negatives per query")
+    relevance.add_argument(
+        "--candidates", type=int, help="--pairs: BM25 candidates per held-out query (default 20)"
+    )
     relevance.add_argument("--seed", type=int, default=0)
     relevance.add_argument(
-        "--passage",
-        default="usage",
-        help="usage: the word's quoted examples; definition: its whole gloss",
+        "--passage", help="wordnet: usage (the default; quoted examples) or definition (gloss)"
     )
     relevance.add_argument("--force", action="store_true", help="replace an existing --out")
     relevance.set_defaults(handler=_cmd_data_relevance)
@@ -308,6 +340,16 @@ def _run_parsers(commands) -> None:
     score.add_argument("--queries", help="JSONL with query and candidates per line")
     score.add_argument("--top-k", type=int, default=10)
     score.set_defaults(handler=_cmd_score)
+
+    search = commands.add_parser(
+        "search", help="BM25 over a collection, then a fine-tuned reranker re-ranks its top K"
+    )
+    search.add_argument("--collection", required=True, help='JSONL of {"text"} passages')
+    search.add_argument("--model", required=True, help="a fine-tuned reranker run or export")
+    search.add_argument("--top-k", type=int, default=20, help="BM25 candidates to re-rank")
+    search.add_argument("--queries", help='JSONL of {"query"} lines; prints JSON per query')
+    search.add_argument("query", nargs="?", help="one query; prints rank, score, bm25, passage")
+    search.set_defaults(handler=_cmd_search)
 
     report = commands.add_parser("report", help="plot a run's curves into a PNG")
     report.add_argument("--workdir", required=True)

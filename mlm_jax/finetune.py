@@ -32,7 +32,7 @@ from mlm_jax import config as config_lib
 from mlm_jax import finetune_data as data_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
-from mlm_jax.metrics import MetricsWriter
+from mlm_jax.metrics import MetricsWriter, read_metrics
 from mlm_jax.model import Dense, Encoder, LayerNorm, dropout, gelu
 from mlm_jax.optim import make_optimizer
 from mlm_jax.ranking_metrics import classification_metrics, mean_ranking_metrics
@@ -251,9 +251,15 @@ class Scorer:
 
 
 def bm25_scores(queries: list[data_lib.RankingQuery]) -> list[np.ndarray]:
-    """BM25 (``bm25s``, English stopwords) of each query's candidates, positives first."""
+    """BM25 (``bm25s``, English stopwords) of each query's candidates, positives first.
+
+    Scores the file carries (first-stage retrieval over a whole collection) are used as
+    they are; otherwise BM25 is computed over the union of all candidates.
+    """
     import bm25s
 
+    if all(set(q.bm25) >= {*q.positives, *q.negatives} for q in queries):
+        return [np.asarray([q.bm25[p] for p in q.positives + q.negatives]) for q in queries]
     passages = sorted({p for q in queries for p in q.positives + q.negatives})
     index = {p: i for i, p in enumerate(passages)}
     retriever = bm25s.BM25()
@@ -275,6 +281,7 @@ class Evaluator:
 
     def __init__(self, config, scorer: Scorer, examples):
         self.task, self.scorer = config.finetune.task, scorer
+        self.initial: dict[str, float] = {}  # the model at initialisation, once evaluated
         if self.task == "classify":
             self.pairs = [(e.text_a, e.text_b) for e in examples]
             self.labels = np.asarray([e.label for e in examples])
@@ -299,10 +306,14 @@ class Evaluator:
         return {f"eval/{k}": v for k, v in mean_ranking_metrics(scores, self.relevant).items()}
 
     def describe(self, metrics: dict[str, float]) -> str:
-        mine = ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items())
-        if not self.baseline:
-            return mine
-        return mine + " | BM25: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in self.baseline.items())
+        """The model's metrics, then (when known) its initialisation's and BM25's."""
+        text = ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items())
+        for name, others in (("at initialisation", self.initial), ("BM25", self.baseline)):
+            if others and others != metrics:
+                text += f" | {name}: " + ", ".join(
+                    f"{k.split('/')[1]} {v:.4f}" for k, v in others.items()
+                )
+        return text
 
 
 # ----------------------------------------------------------------------------- the run
@@ -349,7 +360,7 @@ def _read_eval(config):
         return None
     if ft.task == "classify":
         return data_lib.read_classify(ft.eval_file, ft.num_labels)
-    return data_lib.read_rerank(ft.eval_file)
+    return data_lib.read_rerank(ft.eval_file, evaluation=True)
 
 
 def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eval_examples):
@@ -365,10 +376,11 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
     rows_per_step = config.train.global_batch_size * (
         1 if config.finetune.task == "classify" else 1 + config.finetune.negatives_per_query
     )
-    evaluate = None
+    evaluate = evaluator = None
     if eval_examples is not None:
         scorer = Scorer(config, mesh, graphdef, shardings.params, tokenizer, rows_per_step)
-        evaluate = functools.partial(_evaluate, Evaluator(config, scorer, eval_examples))
+        evaluator = Evaluator(config, scorer, eval_examples)
+        evaluate = functools.partial(_evaluate, evaluator)
     # Batches are a pure function of the step, so the step alone is the data state.
     job = loop.Job(
         next_batch=batches,
@@ -383,6 +395,8 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
     if first_step == 0 and evaluate is not None and first_step < config.train.steps:
         initial = evaluate(state.params, "before fine-tuning (step 0)")
         writer.write(0, initial)
+    if evaluator is not None:
+        evaluator.initial = _initial_metrics(initial, workdir)
     stop = loop.StopRequest()
     stop.install()
     try:
@@ -393,6 +407,13 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
         writer.close()
     summary.update({k.replace("eval/", "initial/"): v for k, v in initial.items()})
     return summary
+
+
+def _initial_metrics(initial: dict, workdir: Path) -> dict:
+    """The model's held-out metrics at step 0: just measured, or logged before a resume."""
+    if not initial:
+        initial = next((r for r in read_metrics(workdir) if r["step"] == 0), {})
+    return {k: v for k, v in initial.items() if k.startswith("eval/")}
 
 
 def _evaluate(evaluator, params, label: str) -> dict:
@@ -442,8 +463,8 @@ def load_model(path: str):
     return config, graphdef, params, tokenizer_lib.load(config.data.tokenizer)
 
 
-def score_pairs(path: str, pairs: list[tuple[str, str]], chunk_rows: int = 32) -> np.ndarray:
-    """Relevance scores (logits) of ``(query, passage)`` pairs under the model at ``path``."""
+def load_reranker(path: str, chunk_rows: int = 32):
+    """``score(pairs) -> [N] logits`` of the reranker at ``path``; refuses other models."""
     config, graphdef, params, tokenizer = load_model(path)
     if num_outputs(config) != 1:
         raise UserError(f"{path} is a {config.finetune.num_labels}-class classifier; score ranks "
@@ -451,7 +472,12 @@ def score_pairs(path: str, pairs: list[tuple[str, str]], chunk_rows: int = 32) -
     mesh = sharding.make_mesh(config)
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     scorer = Scorer(config, mesh, graphdef, param_shardings, tokenizer, chunk_rows)
-    return scorer(params, pairs)[:, 0]
+    return lambda pairs: scorer(params, pairs)[:, 0]
+
+
+def score_pairs(path: str, pairs: list[tuple[str, str]], chunk_rows: int = 32) -> np.ndarray:
+    """Relevance scores (logits) of ``(query, passage)`` pairs under the model at ``path``."""
+    return load_reranker(path, chunk_rows)(pairs)
 
 
 def print_scores(model: str, query=None, candidates=None, queries=None, top_k: int = 10):

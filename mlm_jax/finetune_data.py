@@ -4,7 +4,10 @@ Formats (one JSON object per line):
 
 - classify: ``{"text", "label"}`` or ``{"text_a", "text_b", "label"}``; label an int class id;
 - rerank: ``{"query", "positive", "negatives": [...]}`` or ``{"query", "passage", "label"}``
-  with label 0/1 (lines of one query are grouped).
+  with label 0/1 (lines of one query are grouped). A passage line may carry its first-stage
+  score ``"bm25"`` (``mlm-jax data relevance --pairs`` writes it), which the BM25 baseline
+  then uses as is. In an evaluation file a query may have no relevant passage (retrieval
+  missed it); it scores 0.
 
 Cross-encoder rows are ``[CLS] first [SEP] second [SEP]`` with token types 0 then 1;
 truncation keeps up to ``max_query_tokens`` of the first text and gives the rest of
@@ -40,6 +43,7 @@ class RankingQuery:
     positives: list[str] = field(default_factory=list)
     negatives: list[str] = field(default_factory=list)
     line: int = 0
+    bm25: dict[str, float] = field(default_factory=dict)  # passage -> first-stage score
 
 
 def _records(path: str | Path):
@@ -104,8 +108,11 @@ def read_classify(path: str | Path, num_labels: int) -> list[Labelled]:
     return examples
 
 
-def read_rerank(path: str | Path) -> list[RankingQuery]:
-    """Ranking queries of a JSONL file, in order of first appearance."""
+def read_rerank(path: str | Path, evaluation: bool = False) -> list[RankingQuery]:
+    """Ranking queries of a JSONL file, in order of first appearance.
+
+    ``evaluation``: a query's candidates may all be irrelevant (or all relevant).
+    """
     expected = '{"query", "positive", "negatives"} or {"query", "passage", "label"}'
     queries: dict[str, RankingQuery] = {}
     for number, record in _records(path):
@@ -120,6 +127,8 @@ def read_rerank(path: str | Path) -> list[RankingQuery]:
             if label not in (0, 1) or not isinstance(label, int | bool):
                 raise UserError(f"{where}: 'label' must be 0 or 1, got {_kind(label)} {label!r}")
             (entry.positives if label else entry.negatives).append(passage)
+            if isinstance(record.get("bm25"), int | float):
+                entry.bm25[passage] = float(record["bm25"])
             continue
         entry.positives.append(_text(record, "positive", where, expected))
         negatives = record.get("negatives")
@@ -132,7 +141,7 @@ def read_rerank(path: str | Path) -> list[RankingQuery]:
         entry.negatives.extend(negatives)
     for entry in queries.values():
         missing = "positive" if not entry.positives else "negative" if not entry.negatives else ""
-        if missing:
+        if missing and not evaluation:
             raise UserError(
                 f"{path}:{entry.line}: query {entry.query[:40]!r} has no {missing} passage; "
                 "each query needs at least one of each"

@@ -4,6 +4,10 @@ Ties are scored by their expectation under uniformly random tie-breaking: candid
 with equal scores share the ranks they span, so neither the order the candidates are
 listed in nor a tie rule favours anyone (BM25 gives many candidates the same score; a
 model that scores everything alike gets exactly the random-ranking metrics).
+
+A query none of whose candidates is relevant (first-stage retrieval missed its answer)
+scores 0 on every metric, for every ranker: re-ranking cannot recover what the candidate
+list lacks, and dropping such queries would flatter everyone.
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ def _expected_reciprocal_rank(sizes, counts, cutoff: int) -> float:
 def query_metrics(scores: np.ndarray, relevant: np.ndarray, cutoff: int = 10) -> dict[str, float]:
     """MRR@cutoff, NDCG@cutoff, Recall@1 and Recall@cutoff of one query (binary relevance).
 
-    Each is its expectation over the orders of tied candidates (random tie-breaking).
+    Each is its expectation over the orders of tied candidates (random tie-breaking); all
+    are 0 when no candidate is relevant.
     """
-    sizes, counts = _tie_groups(scores, relevant)
-    gains = np.repeat(counts / sizes, sizes)  # expected relevance at each rank, best first
     total = float(np.sum(relevant))
     if total == 0:
-        raise ValueError("a query without relevant candidates has no ranking metrics")
+        return dict.fromkeys((f"mrr@{cutoff}", f"ndcg@{cutoff}", "recall@1", f"recall@{cutoff}"),
+                             0.0)  # fmt: skip
+    sizes, counts = _tie_groups(scores, relevant)
+    gains = np.repeat(counts / sizes, sizes)  # expected relevance at each rank, best first
     discounts = 1.0 / np.log2(np.arange(2, cutoff + 2))
     top = gains[:cutoff]
     ideal = discounts[: min(int(total), cutoff)].sum()

@@ -1,0 +1,207 @@
+"""Relevance sets from any ``{"query", "passage"}`` pairs: ``mlm-jax data relevance --pairs``.
+
+The passage collection is every distinct passage of the file; a query's relevant
+passages are those it is paired with (a query may occur on several lines). The queries
+are split once, at random by ``seed``, into a training side and a held-out side, so a
+held-out query never occurs in training.
+
+- Training (``train.jsonl``): each query with its first passage as ``positive`` and its
+  ``negatives`` hardest BM25 passages of the whole collection, leaving out the query's
+  own passages and any passage relevant to a held-out query (training must not call a
+  passage irrelevant that evaluation counts as the answer). Further relevant passages of
+  the same query follow as ``{"query", "passage", "label": 1}`` lines.
+- Held-out (``eval.jsonl``): each query's BM25 top-``candidates`` over the collection, in
+  BM25 order, one ``{"query", "passage", "label", "bm25"}`` line per candidate. This is
+  the real re-ranking setting: when BM25 missed a query's answer, no candidate is
+  relevant and the query scores 0 for every re-ranker, which caps what any of them can
+  reach at BM25's recall (written to ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlm_jax import artifacts
+from mlm_jax.bm25_index import Bm25Index
+from mlm_jax.errors import UserError
+
+_EXPECTED = 'one {"query": "...", "passage": "..."} object per line'
+
+
+@dataclass
+class Pairs:
+    """The queries in order of first appearance, and the passage collection."""
+
+    queries: list[str] = field(default_factory=list)
+    passages: list[str] = field(default_factory=list)
+    relevant: dict[str, list[int]] = field(default_factory=dict)  # query -> passage indices
+
+
+def read_pairs(path: str | Path) -> Pairs:
+    """Read a pairs file; any bad line is a UserError naming ``file:line`` and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--pairs {path}: file not found; pass a JSONL file with {_EXPECTED}")
+    pairs, passage_ids = Pairs(), {}
+    with path.open(encoding="utf-8", errors="strict") as handle:
+        try:
+            lines = list(enumerate(handle, 1))
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text; write {_EXPECTED}") from None
+    for number, line in lines:
+        if not line.strip():
+            continue
+        query, passage = _pair(line, f"{path}:{number}")
+        index = passage_ids.setdefault(passage, len(passage_ids))
+        if index == len(pairs.passages):
+            pairs.passages.append(passage)
+        if query not in pairs.relevant:
+            pairs.queries.append(query)
+            pairs.relevant[query] = []
+        if index not in pairs.relevant[query]:
+            pairs.relevant[query].append(index)
+    if not pairs.queries:
+        raise UserError(f"{path}: no pairs; write {_EXPECTED}")
+    return pairs
+
+
+def _pair(line: str, where: str) -> tuple[str, str]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg}); write {_EXPECTED}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object; write {_EXPECTED}")
+    texts = []
+    for key in ("query", "passage"):
+        value = record.get(key)
+        if not isinstance(value, str) or not value.strip():
+            problem = "is missing" if key not in record else "must be a non-empty string"
+            raise UserError(f"{where}: field {key!r} {problem}; write {_EXPECTED}")
+        texts.append(value.strip())
+    return texts[0], texts[1]
+
+
+def split_queries(
+    queries: list[str], eval_queries: int, train_queries: int | None, seed: int
+) -> tuple[list[str], list[str]]:
+    """``(train, held_out)`` query lists, disjoint, each in file order."""
+    if eval_queries >= len(queries):
+        raise UserError(
+            f"--eval-queries {eval_queries} leaves no training query: the pairs file has "
+            f"{len(queries)} distinct queries; lower --eval-queries"
+        )
+    rng = random.Random(seed)
+    held = set(rng.sample(queries, eval_queries))
+    train = [q for q in queries if q not in held]
+    if train_queries is not None and train_queries < len(train):
+        kept = set(rng.sample(train, train_queries))
+        train = [q for q in train if q in kept]
+    return train, [q for q in queries if q in held]
+
+
+def _training_records(pairs: Pairs, index: Bm25Index, train: list[str], held: list[str],
+                      negatives: int) -> list[dict]:  # fmt: skip
+    excluded = {i for q in held for i in pairs.relevant[q]}
+    records = []
+    for start in range(0, len(train), 256):
+        chunk = train[start : start + 256]
+        widest = negatives + len(excluded) + max(len(pairs.relevant[q]) for q in chunk)
+        ranked, _ = index.top_k(chunk, widest)
+        for query, row in zip(chunk, ranked, strict=True):
+            own = pairs.relevant[query]
+            mined = [i for i in row.tolist() if i not in excluded and i not in own][:negatives]
+            if not mined:
+                raise UserError(
+                    f"the collection has no passage left to serve as a negative for {query!r}; "
+                    "add pairs so there are more distinct passages"
+                )
+            records.append({"query": query, "positive": pairs.passages[own[0]],
+                            "negatives": [pairs.passages[i] for i in mined]})  # fmt: skip
+            records += [{"query": query, "passage": pairs.passages[i], "label": 1}
+                        for i in own[1:]]  # fmt: skip
+    return records
+
+
+def _held_out_records(pairs: Pairs, index: Bm25Index, held: list[str], candidates: int):
+    """Candidate lines of the held-out queries, and the share whose answer BM25 retrieved."""
+    ranked, scores = index.top_k(held, candidates)
+    records, found = [], 0
+    for query, row, row_scores in zip(held, ranked, scores, strict=True):
+        relevant = set(pairs.relevant[query])
+        found += any(i in relevant for i in row.tolist())
+        records += [
+            {"query": query, "passage": pairs.passages[i], "label": int(i in relevant),
+             "bm25": round(float(score), 6)}
+            for i, score in zip(row.tolist(), row_scores.tolist(), strict=True)
+        ]  # fmt: skip
+    return records, found / len(held)
+
+
+def build(
+    pairs_file: str,
+    out: str,
+    eval_queries: int = 300,
+    train_queries: int | None = None,
+    negatives: int = 7,
+    candidates: int = 20,
+    seed: int = 0,
+    force: bool = False,
+) -> dict:
+    """Write ``train.jsonl``, ``eval.jsonl`` and ``meta.json`` under ``out``; return the meta."""
+    counts = {"--eval-queries": eval_queries, "--negatives": negatives,
+              "--candidates": candidates, "--train-queries": train_queries or 1}  # fmt: skip
+    for name, value in counts.items():
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if Path(out).exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it or choose another --out")
+    pairs = read_pairs(pairs_file)
+    train, held = split_queries(pairs.queries, eval_queries, train_queries, seed)
+    index = Bm25Index.build(pairs.passages)
+    train_rows = _training_records(pairs, index, train, held, negatives)
+    eval_rows, recall = _held_out_records(pairs, index, held, candidates)
+    meta = {
+        "source": "pairs",
+        "pairs_file": str(pairs_file),
+        "fingerprint": hashlib.sha256(Path(pairs_file).read_bytes()).hexdigest(),
+        "seed": seed,
+        "negatives": negatives,
+        "candidates": candidates,
+        "passages": len(pairs.passages),
+        "queries": {"train": len(train), "eval": len(held)},
+        f"bm25_recall@{candidates}": round(recall, 6),
+    }
+    with artifacts.staged_directory(out) as staging:
+        for name, rows in (("train", train_rows), ("eval", eval_rows)):
+            lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            (staging / f"{name}.jsonl").write_text(lines, encoding="utf-8")
+        (staging / "meta.json").write_bytes(artifacts.json_bytes(meta))
+    print(
+        f"relevance set {out}: {len(train)} train queries with {negatives} BM25 negatives, "
+        f"{len(held)} held-out queries with BM25's top {candidates} of {len(pairs.passages)} "
+        f"passages (answer retrieved for {100 * recall:.1f}%)"
+    )
+    return meta
+
+
+def candidate_lists(eval_file: str | Path) -> dict[str, list[dict]]:
+    """The held-out candidate lines of an ``eval.jsonl``, grouped by query, in file order."""
+    grouped: dict[str, list[dict]] = {}
+    with Path(eval_file).open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                grouped.setdefault(record["query"], []).append(record)
+    return grouped
+
+
+def relevance_arrays(lists: dict[str, list[dict]]) -> list[np.ndarray]:
+    """0/1 relevance of each query's candidates, in list order."""
+    return [np.asarray([r["label"] for r in rows]) for rows in lists.values()]
