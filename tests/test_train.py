@@ -4,6 +4,7 @@ checkpoints, real text."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,11 +36,16 @@ def _final_params(workdir, step=None):
     return {str(k): np.asarray(v) for k, v in nnx.to_flat_state(params)}
 
 
+# Dropout on in the reference run, so an exact resume must also restore the dropout key.
+DROPOUT = {"dropout_rate": 0.1, "attention_dropout_rate": 0.1}
+
+
 @pytest.fixture(scope="module")
 def straight_run(run_inputs, tmp_path_factory):
-    """40 steps uninterrupted: the reference for every resume test."""
+    """40 steps uninterrupted, with dropout: the reference for every resume test."""
     root = tmp_path_factory.mktemp("straight")
-    cfg = write_config(root / "run.yaml", run_inputs, train={"steps": 40, "checkpoint_every": 5})
+    cfg = write_config(root / "run.yaml", run_inputs, model=DROPOUT,
+                       train={"steps": 40, "checkpoint_every": 5})  # fmt: skip
     run_cli("train", "--config", cfg, "--workdir", root / "run", check=True)
     return root / "run"
 
@@ -60,9 +66,8 @@ def test_run_learns_and_records(straight_run):
 
 
 def test_kill_9_then_resume_is_bitwise_identical(straight_run, run_inputs, tmp_path):
-    cfg = write_config(
-        tmp_path / "run.yaml", run_inputs, train={"steps": 40, "checkpoint_every": 5}
-    )
+    cfg = write_config(tmp_path / "run.yaml", run_inputs, model=DROPOUT,
+                       train={"steps": 40, "checkpoint_every": 5})  # fmt: skip
     workdir = tmp_path / "run"
     child = subprocess.Popen(
         [sys.executable, "-m", "mlm_jax.cli", "train", "--config", str(cfg), "--workdir",
@@ -80,7 +85,10 @@ def test_kill_9_then_resume_is_bitwise_identical(straight_run, run_inputs, tmp_p
     child.wait()
     result = run_cli("train", "--config", cfg, "--workdir", workdir)
     assert result.returncode == 0, result.stderr
-    assert "resumed from checkpoint step" in result.stderr
+    resumed = re.search(r"resumed from checkpoint step (\d+)", result.stderr)
+    assert resumed, result.stderr
+    # A resume from the last step would compare two finished runs and test nothing.
+    assert 0 < int(resumed.group(1)) < 40, resumed.group(0)
     ours, reference = _final_params(workdir), _final_params(straight_run)
     assert ours.keys() == reference.keys()
     for name in ours:
@@ -205,3 +213,29 @@ def test_train_resume_export_predict_end_to_end(run_inputs, tmp_path):
                         check=True)  # fmt: skip
     lines = [line for line in predicted.stdout.splitlines() if "%" in line]
     assert len(lines) == 3
+
+
+@pytest.mark.parametrize("family", ["bert", "modern"])
+def test_bfloat16_pretraining_end_to_end(run_inputs, tmp_path, family):
+    """The presets' compute dtype (bf16) for both families through the CLI: the loss falls,
+    checkpoints hold fp32 parameters, and `mlm-jax eval` reproduces the logged evaluation."""
+    cfg = write_config(tmp_path / "run.yaml", run_inputs,
+                       model={"family": family, "dtype": "bfloat16"},
+                       train={"steps": 20, "checkpoint_every": 10, "eval_every": 10,
+                              "log_every": 1})  # fmt: skip
+    workdir = tmp_path / "run"
+    run_cli("train", "--config", cfg, "--workdir", workdir, check=True)
+    records = _metrics(workdir)
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 20 and all(np.isfinite(losses)), losses
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+    evals = [r for r in records if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [10, 20]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert sorted(_saved_steps(workdir)) == [10, 20]
+    params = _final_params(workdir)
+    assert params and all(value.dtype == np.float32 for value in params.values())
+    result = run_cli("eval", "--workdir", workdir)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["eval/loss"] == pytest.approx(evals[-1]["eval/loss"], rel=1e-5)
