@@ -10,10 +10,12 @@ worker processes are counted when the runner waits for them). Modes:
   14 it read every input three times: a counting pass, then once per split);
 - ``single``: today's single-process path (one read, then TFDS writes);
 - ``beam1`` / ``beam2``: Beam's DirectRunner, multi-processing, 1 and 2 workers;
+- ``read``: one parsing pass over the inputs and nothing else, the cost the baseline pays
+  three times and ``single`` once;
 - ``tokenizer``: ``tokenizer train`` on the same corpus (vocab 8000, default sample).
 
-    python scripts/bench_prepare.py [--megabytes 200] [--modes baseline single beam1 beam2
-        tokenizer] [--baseline-ref af07bf3]
+    python scripts/bench_prepare.py [--megabytes 200] [--modes read baseline single beam1
+        beam2 tokenizer] [--baseline-ref af07bf3]
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 # The last commit before issue 14 changed how `data prepare` reads its inputs.
 DEFAULT_BASELINE = "af07bf3"
 BEAM_FLAGS = "--direct_running_mode=multi_processing --direct_num_workers={workers}"
+READ_ONCE = (
+    "import sys; from mlm_jax import sources; "
+    "n = sum(1 for _ in sources.iter_documents([sys.argv[1]])); print(n, file=sys.stderr)"
+)
 
 
 def write_corpus(directory: Path, megabytes: float, files: int) -> tuple[int, int]:
@@ -102,7 +108,9 @@ def prepare_argv(mode: str, corpus: Path, out: Path) -> list[str]:
 def measure(mode: str, corpus: Path, root: Path, size: int, documents: int, args) -> dict:
     # `python -m` imports mlm_jax from its working directory first: that picks the version.
     cwd = baseline_tree(args.baseline_ref, root) if mode == "baseline" else REPO
-    if mode == "tokenizer":
+    if mode == "read":
+        argv = [sys.executable, "-c", READ_ONCE, str(corpus)]
+    elif mode == "tokenizer":
         argv = [sys.executable, "-m", "mlm_jax.cli", "tokenizer", "train", "--input", str(corpus),
                 "--vocab-size", str(args.vocab_size), "--out", str(root / "tok")]  # fmt: skip
     else:
@@ -114,7 +122,7 @@ def measure(mode: str, corpus: Path, root: Path, size: int, documents: int, args
     if meta_path.is_file():  # the count the build itself made
         documents = json.loads(meta_path.read_text())["documents"]
     return {
-        "bench": "prepare" if mode != "tokenizer" else "tokenizer_train",
+        "bench": {"tokenizer": "tokenizer_train", "read": "read_once"}.get(mode, "prepare"),
         "mode": mode,
         **result,
         "input_mb": round(size / 1e6, 1),
@@ -131,7 +139,9 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=200.0)
     parser.add_argument("--files", type=int, default=16, help="shards the corpus is written to")
     parser.add_argument(
-        "--modes", nargs="+", default=["baseline", "single", "beam1", "beam2", "tokenizer"]
+        "--modes",
+        nargs="+",
+        default=["read", "baseline", "single", "beam1", "beam2", "tokenizer"],
     )
     parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE)
     parser.add_argument("--vocab-size", type=int, default=8000)
