@@ -11,6 +11,7 @@ import textwrap
 import types
 from pathlib import Path
 
+import conftest
 import jax
 import numpy as np
 import pytest
@@ -18,12 +19,24 @@ from flax import nnx
 
 import mlm_jax
 from mlm_jax import config as config_lib
-from mlm_jax import export, hf_import, hf_tokenizer, inference, sharding, sources, tokenizer
+from mlm_jax import (
+    corpus,
+    export,
+    hf_import,
+    hf_tokenizer,
+    inference,
+    pipeline,
+    sharding,
+    sources,
+    tokenizer,
+)
+from mlm_jax import model as model_lib
+from mlm_jax import step as step_lib
 from mlm_jax.errors import UserError
 from mlm_jax.model import Encoder
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = conftest.require("torch")
+transformers = conftest.require("transformers")
 
 TOLERANCE = 1e-4
 SENTENCES = [
@@ -48,7 +61,7 @@ def tokenizer_dir(tmp_path_factory):
     return root / "tok"
 
 
-def make_config(tokenizer_dir, family: str, **model) -> config_lib.Config:
+def make_config(tokenizer_dir, family: str, source=None, **model) -> config_lib.Config:
     raw = {
         "model": {
             "family": family,
@@ -62,7 +75,11 @@ def make_config(tokenizer_dir, family: str, **model) -> config_lib.Config:
             "rope_theta": 10000.0,
             **model,
         },
-        "data": {"tokenizer": str(tokenizer_dir), "seq_len": 64},
+        "data": {
+            "tokenizer": str(tokenizer_dir),
+            "seq_len": 64,
+            **({"source": str(source)} if source else {}),
+        },
         "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
         "train": {"global_batch_size": 8},
     }
@@ -154,6 +171,89 @@ def test_export_logits_match_transformers(exports, family):
     delta = np.abs(theirs - mine)[mask.astype(bool)].max()
     assert delta <= TOLERANCE, delta
     assert np.abs(theirs).max() > 1.0  # perturbed params: the comparison is not of zeros
+
+
+@pytest.fixture(scope="module")
+def real_batch(tokenizer_dir, tmp_path_factory):
+    """One training batch from the real pipeline, packed and masked (15%, 80/10/10) as
+    training sees it. Its text is the tokenizer's Shakespeare cut into documents of three
+    lines, short enough that rows pack several of them."""
+    root = tmp_path_factory.mktemp("data")
+    lines = [x for x in (tokenizer_dir.parent / "plays.txt").read_text().splitlines() if x.strip()]
+    documents = ["\n".join(lines[i : i + 3]) for i in range(0, 600, 3)]
+    (root / "short.txt").write_text("\n\n".join(documents))
+    corpus.prepare([str(root / "short.txt")], str(root / "data"), valid_fraction=0.0)
+    config = make_config(tokenizer_dir, "bert", source=root / "data")
+    batches = pipeline.make_train_iterator(config)
+    try:
+        return next(batches)
+    finally:
+        batches.close()
+
+
+def one_document_per_row(batch):
+    """``(input_ids, attention_mask, labels)`` for transformers, from one packed batch.
+
+    A transformers encoder attends over its whole row, so each packed document becomes a
+    row of its own (positions restart per document in both). ``labels`` is -100 except at
+    the masked positions, where it holds the original token, as ``BertForMaskedLM`` expects.
+    """
+    rows = {}
+    for r, segments in enumerate(batch["segment_ids"]):
+        for segment in np.unique(segments[segments > 0]):
+            columns = np.flatnonzero(segments == segment)
+            np.testing.assert_array_equal(batch["positions"][r, columns], np.arange(columns.size))
+            rows[r, segment] = batch["input_ids"][r, columns]
+    labels = {key: np.full(ids.size, -100) for key, ids in rows.items()}
+    for r, slot in zip(*np.nonzero(batch["mlm_weights"]), strict=True):
+        column = batch["mlm_positions"][r, slot]
+        document = labels[r, batch["segment_ids"][r, column]]
+        assert document[batch["positions"][r, column]] == -100, "a position masked twice"
+        document[batch["positions"][r, column]] = batch["mlm_labels"][r, slot]
+    ids, mask = padded_batch([row.tolist() for row in rows.values()])
+    padded_labels = np.full(ids.shape, -100)
+    for i, row_labels in enumerate(labels.values()):
+        padded_labels[i, : row_labels.size] = row_labels
+    return ids, mask, padded_labels
+
+
+@pytest.mark.parametrize("family", ["bert", "modern"])
+def test_mlm_loss_matches_transformers_loss_with_labels(exports, real_batch, family):
+    """Our training loss on a real batch equals ``*ForMaskedLM(labels=...).loss`` on the
+    exported weights: an independent check of which tokens are targets and how they weigh."""
+    config, params, out = exports[family]
+    weights = real_batch["mlm_weights"]
+    # Every target counts once in both losses; fractional weights would need weighting here.
+    assert set(np.unique(weights)) == {0.0, 1.0} and weights.sum() >= 50
+    assert (real_batch["segment_ids"].max(axis=1) >= 2).any()  # rows do pack documents
+    mesh = sharding.make_mesh(config)
+    graphdef, abstract = model_lib.abstract_encoder(config.model)
+    param_shardings = sharding.tree_shardings(abstract, mesh)
+    eval_step = step_lib.make_eval_step(config, mesh, graphdef, param_shardings)
+    sums = eval_step(
+        jax.device_put(params, param_shardings), sharding.host_batch_to_global(real_batch, mesh)
+    )
+    ours = float(sums["loss_sum"]) / float(sums["weight_sum"])
+
+    ids, mask, labels = one_document_per_row(real_batch)
+    assert (labels != -100).sum() == weights.sum()
+    model = transformers.AutoModelForMaskedLM.from_pretrained(str(out), dtype=torch.float32)
+    with torch.no_grad():
+        output = model.eval()(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            labels=torch.tensor(labels, dtype=torch.long),
+        )
+    theirs = float(output.loss)
+    assert theirs == pytest.approx(ours, rel=TOLERANCE)
+    # The tolerance resolves single targets: the per-target losses spread so widely that one
+    # wrong label or weight typically moves the mean by many times the tolerance.
+    targets = torch.tensor(labels != -100)
+    per_target = torch.nn.functional.cross_entropy(
+        output.logits[targets], torch.tensor(labels)[targets], reduction="none"
+    )
+    assert float(per_target.mean()) == pytest.approx(theirs, rel=1e-6)
+    assert float(per_target.std()) / len(per_target) > 10 * TOLERANCE * ours
 
 
 def test_export_run_writes_verified_directory(tokenizer_dir, fake_run, tmp_path, capsys):

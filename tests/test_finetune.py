@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_config
+from conftest import require, run_cli, write_config
 
 from mlm_jax import config as config_lib
 from mlm_jax import finetune_data, sources
@@ -241,7 +241,7 @@ def test_reranker_beats_its_initialisation(reranker):
 
 
 def test_export_loads_in_sentence_transformers_and_matches_score(reranker, tmp_path, monkeypatch):
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    sentence_transformers = require("sentence_transformers")
     workdir, _ = reranker
     out = tmp_path / "hf"
     run_cli("export", "--workdir", workdir, "--out", out, check=True)

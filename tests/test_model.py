@@ -198,7 +198,7 @@ def _norm(layer, norm):
 
 
 def _to_hf_bert(model: model_lib.Encoder):
-    transformers = pytest.importorskip("transformers")
+    transformers = conftest.require("transformers")
     cfg = model.cfg
     hf = transformers.BertForMaskedLM(
         transformers.BertConfig(
@@ -236,7 +236,7 @@ def _to_hf_bert(model: model_lib.Encoder):
 
 
 def _to_hf_modern(model: model_lib.Encoder):
-    transformers = pytest.importorskip("transformers")
+    transformers = conftest.require("transformers")
     cfg = model.cfg
     hf = transformers.ModernBertForMaskedLM(
         transformers.ModernBertConfig(
@@ -277,7 +277,7 @@ def _to_hf_modern(model: model_lib.Encoder):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_matches_hugging_face_logits(family):
-    torch = pytest.importorskip("torch")
+    torch = conftest.require("torch")
     model = make_model(family, "model.layer_norm_eps=1e-5")
     # Perturb LN/bias params so the mapping of every tensor matters (init is ones/zeros).
     state = nnx.state(model, nnx.Param)
