@@ -64,11 +64,11 @@ def read_queries(path: str | Path) -> list[str]:
 
 def search(collection: str, model: str, queries: list[str], top_k: int = 20) -> list[dict]:
     """Per query ``{"query", "results": [{"rank", "score", "bm25", "text"}, ...]}``."""
-    from mlm_jax import finetune
-
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
     passages = read_collection(collection)
+    from mlm_jax import finetune  # JAX: only once the cheap checks passed
+
     # The model is checked before the index is built: a wrong --model writes nothing.
     rerank = finetune.load_reranker(model)
     index = bm25_index.cached(collection, passages)

@@ -40,8 +40,9 @@ def pairs_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pairs_set(pairs_file):
     out = pairs_file.parent / "set"
-    result = run_cli("data", "relevance", "--pairs", pairs_file, "--out", out,
-                     "--eval-queries", _HELD_OUT, "--negatives", _NEGATIVES, check=True)  # fmt: skip
+    options = ["--eval-queries", _HELD_OUT, "--negatives", _NEGATIVES]
+    result = run_cli("data", "relevance", "--pairs", pairs_file, "--out", out, *options,
+                     check=True)  # fmt: skip
     assert f"{_HELD_OUT} held-out queries with BM25's top {_CANDIDATES}" in result.stdout
     return out
 

@@ -1,0 +1,113 @@
+"""`mlm-jax search`: BM25 picks candidates from a real collection (WordNet glosses), the
+reranker orders them exactly as `mlm-jax score` does on the same candidates; the BM25 index
+is cached beside the collection; a model that is not a reranker is refused."""
+
+import json
+
+import bm25s
+import pytest
+from conftest import run_cli, write_config
+
+from mlm_jax import bm25_index, wordnet
+
+_QUERY, _TOP_K = "whale", 6
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(run_inputs, tmp_path_factory):
+    """A collection of 400 animal glosses, a tiny reranker and a tiny classifier (a few steps
+    each: these tests check plumbing, not quality)."""
+    root = tmp_path_factory.mktemp("search")
+    glosses = [s.gloss for s in wordnet.synsets() if s.pos == "noun" and s.lex_file == 5][:400]
+    collection = _write(root / "collection.jsonl", [{"text": g} for g in glosses])
+    rerank = _write(root / "rerank.jsonl", [
+        {"query": g.split()[0], "positive": g, "negatives": [glosses[i - 1], glosses[i - 2]]}
+        for i, g in enumerate(glosses)])  # fmt: skip
+    classify = _write(root / "classify.jsonl", [{"text": g, "label": i % 2}
+                                                for i, g in enumerate(glosses)])  # fmt: skip
+    models = {}
+    for name, finetune in (
+        ("reranker", {"task": "rerank", "loss": "listwise", "negatives_per_query": 2,
+                      "train_file": str(rerank)}),
+        ("classifier", {"task": "classify", "train_file": str(classify)}),
+    ):  # fmt: skip
+        cfg = write_config(root / f"{name}.yaml", run_inputs, finetune=finetune,
+                           train={"steps": 3, "eval_every": 0, "checkpoint_every": 3})  # fmt: skip
+        run_cli("finetune", "--config", cfg, "--workdir", root / name, check=True)
+        models[name] = root / name
+    return {"collection": collection, "glosses": glosses, **models}
+
+
+def _direct_top_k(glosses, query, k):
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(glosses, stopwords="en", show_progress=False),
+                    show_progress=False)  # fmt: skip
+    words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
+    ids, scores = retriever.retrieve(words, k=k, show_progress=False)
+    return {glosses[i]: float(s) for i, s in zip(ids[0], scores[0], strict=True)}
+
+
+def test_search_equals_score_on_the_same_candidates(world, tmp_path):
+    result = run_cli("search", "--collection", world["collection"], "--model", world["reranker"],
+                     "--top-k", _TOP_K, _QUERY, check=True)  # fmt: skip
+    header, *lines = result.stdout.strip().splitlines()
+    assert header.split("\t") == ["rank", "score", "bm25", "passage"]
+    rows = [line.split("\t", 3) for line in lines]
+    direct = _direct_top_k(world["glosses"], _QUERY, _TOP_K)
+    assert {text for *_, text in rows} == set(direct) and len(rows) == _TOP_K
+    for _, _, bm25, text in rows:
+        assert float(bm25) == pytest.approx(direct[text], abs=1e-4)
+    candidates = _write(tmp_path / "candidates.jsonl", [{"text": t} for t in direct])
+    scored = run_cli("score", "--model", world["reranker"], "--query", _QUERY, "--candidates",
+                     candidates, "--top-k", _TOP_K, check=True)  # fmt: skip
+    expected = [line.split("\t", 2) for line in scored.stdout.strip().splitlines()]
+    assert [(r[0], r[1], r[3]) for r in rows] == [tuple(e) for e in expected]
+
+
+def test_queries_file_and_the_cached_index(world, tmp_path):
+    collection = world["collection"]
+    cache = bm25_index.cache_dir(collection)
+    (key,) = [p.name for p in cache.iterdir()]  # written by the first search
+    written = (cache / key / "size.json").stat().st_mtime_ns
+    queries = _write(tmp_path / "queries.jsonl", [{"query": _QUERY}, {"query": "striped horse"}])
+    result = run_cli("search", "--collection", collection, "--model", world["reranker"],
+                     "--queries", queries, "--top-k", 3, check=True)  # fmt: skip
+    answers = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [a["query"] for a in answers] == [_QUERY, "striped horse"]
+    for answer in answers:
+        direct = _direct_top_k(world["glosses"], answer["query"], 3)
+        assert {r["text"] for r in answer["results"]} == set(direct)
+        scores = [r["score"] for r in answer["results"]]
+        assert scores == sorted(scores, reverse=True)
+        assert [r["rank"] for r in answer["results"]] == [1, 2, 3]
+    assert (cache / key / "size.json").stat().st_mtime_ns == written  # reused, not rebuilt
+    # Another collection text is another key; the stale index is dropped.
+    _write(collection, [{"text": g} for g in world["glosses"][:200]])
+    run_cli("search", "--collection", collection, "--model", world["reranker"], _QUERY, check=True)
+    (new_key,) = [p.name for p in cache.iterdir()]
+    assert new_key != key
+    _write(collection, [{"text": g} for g in world["glosses"]])
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "message"),
+    [
+        ("classifier", [], "is a 2-class classifier; score ranks with a reranker"),
+        ("nowhere", [], "is neither a fine-tuned export"),
+        ("reranker", ["--top-k", "0"], "--top-k 0 must be at least 1"),
+        ("reranker", ["--collection", "gone.jsonl"], "--collection gone.jsonl: file not found"),
+    ],
+)
+def test_refusals_are_one_line_and_write_nothing(world, tmp_path, model, extra, message):
+    collection = _write(tmp_path / "collection.jsonl", [{"text": g} for g in world["glosses"]])
+    path = world.get(model, tmp_path / model)
+    # A repeated option takes its last value: ``extra`` may replace the collection.
+    result = run_cli("search", "--collection", collection, "--model", path, *extra, _QUERY)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not bm25_index.cache_dir(collection).exists()
