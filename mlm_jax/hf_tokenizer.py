@@ -16,6 +16,7 @@ from mlm_jax import artifacts
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.config import Config
 from mlm_jax.errors import UserError
+from mlm_jax.spm_model_file import read_model_file
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _OUR_TOKENIZER_FILES = ("spm.model", "meta.json")
@@ -89,13 +90,11 @@ def sentencepiece_to_tokenizers(model_path: str | os.PathLike):
     such chunk separately); byte fallback for characters outside the vocabulary; the
     five special tokens split out before normalization; ``[CLS] $A [SEP]`` added.
     """
-    from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers.models import BPE, Unigram
 
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(Path(model_path).read_bytes())
+    proto = read_model_file(Path(model_path).read_bytes())
     trainer, spec = proto.trainer_spec, proto.normalizer_spec
     pieces = [(piece.piece, piece.score) for piece in proto.pieces]
     byte_fallback = trainer.byte_fallback
