@@ -169,6 +169,8 @@ def test_ranking_metrics_by_hand():
     assert query_metrics(np.zeros(16), np.eye(16)[3], cutoff=10)["recall@10"] == pytest.approx(
         10 / 16
     )
+    # No relevant candidate (first-stage retrieval missed the answer): 0 for any ranker.
+    assert set(query_metrics(np.arange(5.0), np.zeros(5)).values()) == {0.0}
     cls = classification_metrics(np.asarray([0, 0, 1, 2]), np.asarray([0, 1, 1, 2]))
     assert cls["accuracy"] == 0.75
     assert cls["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
@@ -220,11 +222,13 @@ def reranker(datasets, run_inputs, tmp_path_factory):
                   "max_query_tokens": 16, "train_file": str(datasets["rerank_train"]),
                   "eval_file": str(datasets["rerank_eval"])},
     )  # fmt: skip
-    run_cli("finetune", "--config", cfg, "--workdir", root / "run", check=True, timeout=900)
+    result = run_cli("finetune", "--config", cfg, "--workdir", root / "run", check=True,
+                     timeout=900)  # fmt: skip
     records = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     initial = next(r for r in records if r["step"] == 0 and "eval/mrr@10" in r)
     final = [r for r in records if r["step"] == 600 and "eval/mrr@10" in r][-1]
     summary = {**{k.replace("eval/", "initial/"): v for k, v in initial.items()}, **final}
+    summary["log"] = result.stderr
     return root / "run", summary
 
 
@@ -238,6 +242,11 @@ def test_reranker_beats_its_initialisation(reranker):
     )
     assert summary["eval/ndcg@10"] > summary["initial/ndcg@10"] + 0.03
     assert summary["eval/mrr@10"] > summary["initial/mrr@10"] + 0.03
+    # The final eval line shows the model at initialisation and BM25 beside the model.
+    (line,) = [x for x in summary["log"].splitlines() if x.startswith("eval step 600:")]
+    assert f"mrr@10 {summary['eval/mrr@10']:.4f}" in line.split(" | ")[0]
+    assert f"| at initialisation: mrr@10 {summary['initial/mrr@10']:.4f}" in line
+    assert f"| BM25: mrr@10 {summary['bm25/mrr@10']:.4f}" in line
 
 
 def test_export_loads_in_sentence_transformers_and_matches_score(reranker, tmp_path, monkeypatch):
