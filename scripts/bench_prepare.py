@@ -121,6 +121,10 @@ def measure(mode: str, corpus: Path, root: Path, size: int, documents: int, args
     meta_path = root / f"out-{mode}" / "meta.json"
     if meta_path.is_file():  # the count the build itself made
         documents = json.loads(meta_path.read_text())["documents"]
+    sample = {}
+    if mode == "tokenizer" and (root / "tok" / "meta.json").is_file():
+        tok_meta = json.loads((root / "tok" / "meta.json").read_text())
+        sample = {key: tok_meta[key] for key in ("sampled_sentences", "seen_sentences")}
     return {
         "bench": {"tokenizer": "tokenizer_train", "read": "read_once"}.get(mode, "prepare"),
         "mode": mode,
@@ -129,6 +133,7 @@ def measure(mode: str, corpus: Path, root: Path, size: int, documents: int, args
         "mb_per_s": round(size / 1e6 / wall, 2),
         "documents": documents,
         "documents_per_s": round(documents / wall),
+        **sample,
         "load_avg_1m_before": round(load_before, 2),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
     }
