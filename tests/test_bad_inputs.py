@@ -1,5 +1,6 @@
-"""Bad input to every command: one ``error:`` line naming the problem, exit code 2, no
-traceback, and no existing artifact changed (every file hashed before and after).
+"""Bad input to every command: one ``error:`` line naming the problem and nothing else on
+stderr, exit code 2, no traceback, and no existing artifact changed (every file hashed
+before and after).
 
 One tiny trained run, its export and a second tokenizer are shared by the whole module;
 each case builds its bad input in its own ``tmp_path``.
@@ -161,10 +162,15 @@ def _truncated(run: Path, dest: Path) -> Path:
     return dest
 
 
-def _assert_refused(result, pattern: str) -> None:
+def _assert_refused(result, pattern: str, alone: bool = True) -> None:
+    """Exit 2 with an ``error:`` line matching ``pattern``; ``alone``: the only stderr line
+    (no warning, progress or log line before it). A run that fails after it started has
+    already logged its start-up lines, so there the error need only be the last line."""
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
     lines = result.stderr.strip().splitlines()
+    if alone:
+        assert len(lines) == 1, result.stderr[-3000:]
     assert lines and lines[-1].startswith("error: "), result.stderr[-3000:]
     assert re.search(pattern, lines[-1], re.IGNORECASE), lines[-1]
 
@@ -197,7 +203,7 @@ def test_disk_full_during_save(world, tmp_path):
              str(workdir)],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        _assert_refused(result, r"disk space")
+        _assert_refused(result, r"disk space", alone=False)
         assert _digest(watched) == before
         folder = workdir / "checkpoints"
         committed = [p.name for p in folder.iterdir() if p.name.isdigit()]
