@@ -179,8 +179,16 @@ class FinetuneConfig(_Section):
     train_file: str = Field("", description="labelled JSONL for training")
     eval_file: str | None = Field(None, description="labelled JSONL for held-out evaluation")
     num_labels: int = Field(2, ge=1, description="classify: number of classes")
-    loss: Literal["cross_entropy", "pointwise", "listwise"] = Field(
-        "cross_entropy", description="classify: cross_entropy; rerank: pointwise BCE or listwise"
+    loss: Literal["cross_entropy", "pointwise", "listwise", "distill"] = Field(
+        "cross_entropy",
+        description="classify: cross_entropy; rerank: pointwise BCE, listwise, or distill "
+        "(listwise against the label mixed with a teacher's scores)",
+    )
+    teacher_scale: float = Field(
+        20.0, gt=0.0, description="rerank distill: teacher scores times this are softmaxed"
+    )
+    distill_weight: float = Field(
+        1.0, ge=0.0, description="rerank distill: the teacher's share beside the label's (1)"
     )
     negatives_per_query: int = Field(
         7, ge=1, description="rerank listwise: negatives scored with each positive"

@@ -120,10 +120,20 @@ def listwise_sums(logits: jax.Array, batch):
     return jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)
 
 
+def distill_sums(logits: jax.Array, batch):
+    """Rerank: softmax cross-entropy over each query's candidates against soft ``targets``
+    (the label mixed with a teacher's softmax, made by the batch builder)."""
+    scores, weights = _groups(logits, batch), batch["weights"]
+    losses = -jnp.sum(batch["targets"] * jax.nn.log_softmax(scores, -1), -1)
+    correct = (jnp.argmax(scores, -1) == 0).astype(jnp.float32)
+    return jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)
+
+
 LOSSES = {
     "cross_entropy": cross_entropy_sums,
     "pointwise": pointwise_sums,
     "listwise": listwise_sums,
+    "distill": distill_sums,
 }
 
 
@@ -136,7 +146,7 @@ def _check_task(config) -> None:
     if ft.task == "classify" and ft.loss != "cross_entropy":
         raise UserError(f"finetune.loss={ft.loss} is for rerank; classify uses cross_entropy")
     if ft.task == "rerank" and ft.loss == "cross_entropy":
-        raise UserError("finetune.task=rerank needs finetune.loss=listwise or pointwise")
+        raise UserError("finetune.task=rerank needs finetune.loss=listwise, pointwise or distill")
     if config.optim.grad_accum_steps != 1:
         raise UserError("fine-tuning does not accumulate gradients; set optim.grad_accum_steps=1")
 
@@ -350,8 +360,11 @@ def _training_batches(config, tokenizer):
         examples = data_lib.read_classify(ft.train_file, ft.num_labels)
         return lambda s: data_lib.classify_batch(examples, encoder, s, rows, batch_size, seed)
     queries = data_lib.read_rerank(ft.train_file)
-    k = ft.negatives_per_query
-    return lambda s: data_lib.rerank_batch(queries, encoder, s, rows, batch_size, k, seed)
+    k, distill = ft.negatives_per_query, None
+    if ft.loss == "distill":
+        data_lib.check_teacher_scores(queries, ft.train_file)
+        distill = (ft.teacher_scale, ft.distill_weight)
+    return lambda s: data_lib.rerank_batch(queries, encoder, s, rows, batch_size, k, seed, distill)
 
 
 def _read_eval(config):

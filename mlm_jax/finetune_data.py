@@ -7,7 +7,10 @@ Formats (one JSON object per line):
   with label 0/1 (lines of one query are grouped). A passage line may carry its first-stage
   score ``"bm25"`` (``mlm-jax data relevance --pairs`` writes it), which the BM25 baseline
   then uses as is. In an evaluation file a query may have no relevant passage (retrieval
-  missed it); it scores 0.
+  missed it); it scores 0. For ``finetune.loss: distill`` every training passage carries a
+  teacher's score: ``"teacher": [positive's, each negative's...]`` on a
+  ``{"query", "positive", "negatives"}`` line, ``"teacher": number`` on a passage line
+  (``scripts/teacher_scores.py`` adds them from a sentence-transformers bi-encoder).
 
 Cross-encoder rows are ``[CLS] first [SEP] second [SEP]`` with token types 0 then 1;
 truncation keeps up to ``max_query_tokens`` of the first text and gives the rest of
@@ -44,6 +47,7 @@ class RankingQuery:
     negatives: list[str] = field(default_factory=list)
     line: int = 0
     bm25: dict[str, float] = field(default_factory=dict)  # passage -> first-stage score
+    teacher: dict[str, float] = field(default_factory=dict)  # passage -> a teacher's score
 
 
 def _records(path: str | Path):
@@ -129,6 +133,7 @@ def read_rerank(path: str | Path, evaluation: bool = False) -> list[RankingQuery
             (entry.positives if label else entry.negatives).append(passage)
             if isinstance(record.get("bm25"), int | float):
                 entry.bm25[passage] = float(record["bm25"])
+            _read_teacher(record, [passage], entry, where)
             continue
         entry.positives.append(_text(record, "positive", where, expected))
         negatives = record.get("negatives")
@@ -139,6 +144,7 @@ def read_rerank(path: str | Path, evaluation: bool = False) -> list[RankingQuery
         if not negatives:
             raise UserError(f"{where}: 'negatives' is empty; give at least one negative passage")
         entry.negatives.extend(negatives)
+        _read_teacher(record, [entry.positives[-1], *negatives], entry, where)
     for entry in queries.values():
         missing = "positive" if not entry.positives else "negative" if not entry.negatives else ""
         if missing and not evaluation:
@@ -149,6 +155,31 @@ def read_rerank(path: str | Path, evaluation: bool = False) -> list[RankingQuery
     if not queries:
         raise UserError(f"{path}: no queries; write one JSON object per line")
     return list(queries.values())
+
+
+def _read_teacher(record: dict, passages: list[str], entry: RankingQuery, where: str) -> None:
+    """Record the line's ``teacher`` scores, one per passage of the line, if it has them."""
+    if "teacher" not in record:
+        return
+    scores = record["teacher"]
+    scores = [scores] if len(passages) == 1 and not isinstance(scores, list) else scores
+    numeric = isinstance(scores, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in scores
+    )
+    if not numeric or len(scores) != len(passages):
+        raise UserError(f"{where}: 'teacher' must hold {len(passages)} number(s), one per "
+                        "passage of the line (positive first)")  # fmt: skip
+    entry.teacher.update(zip(passages, map(float, scores), strict=True))
+
+
+def check_teacher_scores(queries: list[RankingQuery], path: str) -> None:
+    """Distillation needs a teacher score for every passage; name the first query lacking one."""
+    for query in queries:
+        if not set(query.teacher) >= {*query.positives, *query.negatives}:
+            raise UserError(
+                f"{path}:{query.line}: query {query.query[:40]!r} lacks 'teacher' scores that "
+                "finetune.loss=distill needs; add them with scripts/teacher_scores.py"
+            )
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -234,23 +265,40 @@ def rerank_batch(
     batch_size: int,
     negatives: int,
     seed: int,
+    distill: tuple[float, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """This process's queries of ``step``: per query 1 positive then ``negatives`` negatives.
 
     Rows are query-major, ``[Q * (1 + negatives), L]``; ``weights [Q]`` marks the queries.
+    With ``distill = (teacher_scale, weight)`` the batch also holds ``targets [Q, 1 + k]``:
+    the label (all mass on the positive) mixed with ``softmax(teacher_scale * teacher
+    scores)`` in the proportion 1 : weight.
     """
     slots = _slots(step, batch_size, len(queries), seed)
-    pairs = []
+    pairs, targets = [], []
     for slot in range(batch_size)[rows]:
         query = queries[slots[slot]]
         rng = np.random.default_rng((seed, step, slot, 1))
         positive = query.positives[rng.integers(len(query.positives))]
         replace = len(query.negatives) < negatives
         picked = rng.choice(len(query.negatives), negatives, replace=replace)
-        pairs += [(query.query, positive)] + [(query.query, query.negatives[i]) for i in picked]
+        chosen = [positive] + [query.negatives[i] for i in picked]
+        pairs += [(query.query, passage) for passage in chosen]
+        if distill is not None:
+            targets.append(_soft_targets([query.teacher[p] for p in chosen], *distill))
     batch = encoder.encode(pairs)
     batch["weights"] = np.ones(len(range(batch_size)[rows]), np.float32)
+    if distill is not None:
+        batch["targets"] = np.asarray(targets, np.float32)
     return batch
+
+
+def _soft_targets(teacher: list[float], scale: float, weight: float) -> np.ndarray:
+    logits = scale * np.asarray(teacher, np.float64)
+    soft = np.exp(logits - logits.max())
+    label = np.zeros(len(teacher))
+    label[0] = 1.0
+    return (label + weight * soft / soft.sum()) / (1.0 + weight)
 
 
 # ----------------------------------------------------------------------------- scoring input

@@ -352,6 +352,42 @@ def test_losses_by_hand():
     assert loss_sum == pytest.approx(expected, rel=1e-5) and (correct, weight) == (1.0, 2.0)
 
 
+def test_distillation_targets_and_loss_by_hand(tmp_path, run_inputs):
+    """Soft targets mix the label 1 : weight with softmax(scale * teacher); the loss is their
+    cross-entropy with the model's softmax; training lines without teacher scores are named."""
+    from mlm_jax import finetune
+    from mlm_jax import tokenizer as tokenizer_lib
+
+    # Both negatives share a teacher score, so the targets do not depend on their drawn order.
+    path = _write_jsonl(tmp_path / "train.jsonl", [
+        {"query": "whale", "positive": "a large sea mammal", "negatives": ["a bird", "a tree"],
+         "teacher": [0.9, 0.2, 0.2]},
+        {"query": "owl", "passage": "a night bird", "label": 1, "teacher": 0.8},
+        {"query": "owl", "passage": "a fish", "label": 0, "teacher": 0.3},
+    ])  # fmt: skip
+    queries = finetune_data.read_rerank(path)
+    finetune_data.check_teacher_scores(queries, str(path))
+    assert queries[1].teacher == {"a night bird": 0.8, "a fish": 0.3}
+    encoder = finetune_data.PairEncoder(tokenizer_lib.load(run_inputs["tokenizer"]), 16, 4)
+    batch = finetune_data.rerank_batch(queries[:1], encoder, 0, slice(0, 1), 1, 2, 0, (10.0, 3.0))
+    soft = np.exp(10.0 * np.asarray([0.9, 0.2, 0.2]))
+    expected = (np.asarray([1.0, 0.0, 0.0]) + 3.0 * soft / soft.sum()) / 4.0
+    np.testing.assert_allclose(batch["targets"][0], expected, rtol=1e-6)
+    logits = np.asarray([[2.0], [0.5], [-1.0]], np.float32)
+    loss_sum, correct, weight = (float(x) for x in finetune.distill_sums(logits, batch))
+    log_softmax = logits[:, 0] - np.log(np.exp(logits[:, 0]).sum())
+    assert loss_sum == pytest.approx(-(expected * log_softmax).sum(), rel=1e-5)
+    assert (correct, weight) == (1.0, 1.0)
+    bare = _write_jsonl(tmp_path / "bare.jsonl",
+                        [{"query": "q", "positive": "p", "negatives": ["n"]}])  # fmt: skip
+    with pytest.raises(UserError, match=r"bare\.jsonl:1: query 'q' lacks 'teacher' scores"):
+        finetune_data.check_teacher_scores(finetune_data.read_rerank(bare), str(bare))
+    one_score = {"query": "q", "positive": "p", "negatives": ["n"], "teacher": [1.0]}
+    wrong = _write_jsonl(tmp_path / "wrong.jsonl", [one_score])
+    with pytest.raises(UserError, match=r"wrong\.jsonl:1: 'teacher' must hold 2 number"):
+        finetune_data.read_rerank(wrong)
+
+
 def test_modern_pointwise_reranker_exports_with_parity(datasets, run_inputs, tmp_path):
     """Family modern, pointwise loss, from scratch: the export's logits in transformers'
     ModernBertForSequenceClassification match ours (the export verifies itself)."""
