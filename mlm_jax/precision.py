@@ -24,6 +24,7 @@ float32 so that many small contributions are not rounded away).
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -117,3 +118,43 @@ def _canonical_product(x: str, y: str, out: str) -> tuple[bool, str]:
     if first_free in x:
         return False, f"{x},{y}->{out}"
     return True, f"{y},{x}->{out}"
+
+
+# ----------------------------------------------------------------------------- inspection
+
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\w+)\[")
+_PRODUCT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s(dot|convolution)\(([^)]*)\)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def matrix_products(hlo_text: str) -> list[tuple[tuple[str, ...], str, tuple[int, ...]]]:
+    """``(operand dtypes, op name, output shape)`` of every dot/convolution in compiled HLO.
+
+    How the policy is checked where speed cannot show it (a CPU without bf16 units):
+    the compiled program says which precision each product really runs in. Compiled HLO
+    prints operands by name only, so dtypes come from the definitions (instruction names
+    are unique within a module).
+    """
+    dtypes = {}
+    for line in hlo_text.splitlines():
+        if match := _DEFINITION.match(line):
+            dtypes[match.group(1)] = match.group(2)
+    products = []
+    for line in hlo_text.splitlines():
+        if match := _PRODUCT.search(line):
+            operands = [name.strip().lstrip("%") for name in match.group(3).split(",")]
+            op_name = _OP_NAME.search(line)
+            shape = tuple(int(d) for d in match.group(1).split(",") if d)
+            products.append(
+                (tuple(dtypes[o] for o in operands), op_name.group(1) if op_name else line, shape)
+            )
+    return products
+
+
+def operand_dtype_counts(hlo_text: str) -> dict[str, int]:
+    """How many products of a compiled program take each operand dtype pair, e.g. bf16xbf16."""
+    counts: dict[str, int] = {}
+    for dtypes, _, _ in matrix_products(hlo_text):
+        key = "x".join(dtypes)
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -20,7 +20,7 @@ import numpy as np
 
 from mlm_jax import config as config_lib
 from mlm_jax import model as model_lib
-from mlm_jax import perf, sharding
+from mlm_jax import perf, precision, sharding
 from mlm_jax import step as step_lib
 
 
@@ -103,6 +103,8 @@ def main() -> None:
                 "peak_tflops_per_s": round(peak / 1e12, 4),
                 "mfu": round(model_flops / peak, 4),
                 "final_loss": float(metrics["train/loss"]),
+                # Which precision the step's matrix products really run in (compiled HLO).
+                "products": precision.operand_dtype_counts(compiled.as_text()),
                 "device_kind": jax.devices()[0].device_kind,
                 "device_count": jax.device_count(),
                 "jax_version": jax.__version__,

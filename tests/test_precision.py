@@ -18,10 +18,6 @@ import pytest
 from mlm_jax import finetune, precision, sharding
 from mlm_jax import step as step_lib
 
-_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\w+)\[")
-_PRODUCT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s(dot|convolution)\(([^)]*)\)")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-
 
 def cpu_retyped_head_product(output_shape: tuple[int, ...], name: str) -> bool:
     """The named exceptions: fine-tuning head products that XLA:CPU itself runs in f32.
@@ -35,28 +31,6 @@ def cpu_retyped_head_product(output_shape: tuple[int, ...], name: str) -> bool:
     token per row; GPUs and TPUs run them in bf16.
     """
     return output_shape[-1:] == (1,) or "(az,au->zu)" in name
-
-
-def matrix_products(hlo_text: str) -> list[tuple[tuple[str, ...], str, tuple[int, ...]]]:
-    """``(operand dtypes, op name, output shape)`` of every dot/convolution in compiled HLO.
-
-    Compiled HLO prints operands by name only, so dtypes come from the definitions
-    (instruction names are unique within a module).
-    """
-    dtypes = {}
-    for line in hlo_text.splitlines():
-        if match := _DEFINITION.match(line):
-            dtypes[match.group(1)] = match.group(2)
-    products = []
-    for line in hlo_text.splitlines():
-        if match := _PRODUCT.search(line):
-            operands = [name.strip().lstrip("%") for name in match.group(3).split(",")]
-            op_name = _OP_NAME.search(line)
-            shape = tuple(int(d) for d in match.group(1).split(",") if d)
-            products.append(
-                (tuple(dtypes[o] for o in operands), op_name.group(1) if op_name else line, shape)
-            )
-    return products
 
 
 def _abstract(tree, shardings):
@@ -147,7 +121,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_matrix_product_of_the_bf16_step_takes_bf16(case):
-    products = matrix_products(CASES[case]("bfloat16"))
+    products = precision.matrix_products(CASES[case]("bfloat16"))
     # Forward and backward of every dense layer, attention and the head: dozens.
     assert len(products) >= 20, products
     retyped = [p for p in products if p[0] != ("bf16", "bf16")]
@@ -177,7 +151,7 @@ def test_every_product_we_emit_in_bf16_mode_takes_bf16(case):
 
 @pytest.mark.parametrize("case", ["bert-pretrain", "modern-rerank"])
 def test_every_matrix_product_of_the_fp32_step_takes_f32(case):
-    products = matrix_products(CASES[case]("float32"))
+    products = precision.matrix_products(CASES[case]("float32"))
     assert len(products) >= 20, products
     wrong = [p for p in products if p[0] != ("f32", "f32")]
     assert not wrong, wrong
@@ -200,7 +174,7 @@ def test_low_precision_einsum_gradients_follow_the_policy():
         relative = float(jnp.linalg.norm(g16 - g32) / jnp.linalg.norm(g32))
         assert relative < 0.02, relative
     hlo = jax.jit(jax.grad(loss(jnp.bfloat16), argnums=(0, 1))).lower(x, kernel)
-    products = matrix_products(hlo.compile().as_text())
+    products = precision.matrix_products(hlo.compile().as_text())
     assert len(products) == 3 and all(p[0] == ("bf16", "bf16") for p in products), products
 
 
