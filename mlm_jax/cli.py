@@ -77,7 +77,7 @@ def _cmd_config_schema(args: argparse.Namespace) -> None:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
-    from mlm_jax import tokenizer
+    from mlm_jax.data import tokenizer
 
     tokenizer.train_tokenizer(
         inputs=args.input,
@@ -92,9 +92,9 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
-    from mlm_jax import corpus
+    from mlm_jax.data import preparation
 
-    corpus.prepare(
+    preparation.prepare(
         inputs=args.input,
         out=args.out,
         valid_fraction=args.valid_fraction,
@@ -107,7 +107,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def _cmd_data_relevance(args: argparse.Namespace) -> None:
     if args.pairs is not None:
-        from mlm_jax import relevance_pairs
+        from mlm_jax.data import relevance_pairs
 
         if args.source is not None or args.passage is not None:
             raise UserError("--pairs builds from a pairs file; drop --source and --passage")
@@ -122,7 +122,7 @@ def _cmd_data_relevance(args: argparse.Namespace) -> None:
             force=args.force,
         )
         return
-    from mlm_jax import relevance_sets
+    from mlm_jax.data import relevance_sets
 
     if args.candidates is not None:
         raise UserError("--candidates is for --pairs sets; WordNet sets use --negatives")
@@ -139,7 +139,7 @@ def _cmd_data_relevance(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_peek(args: argparse.Namespace) -> None:
-    from mlm_jax import peek
+    from mlm_jax.data import peek
 
     peek.peek(
         _load_config(args),
@@ -151,7 +151,7 @@ def _cmd_data_peek(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from mlm_jax import train
+    from mlm_jax.training import pretrain as train
 
     config = _load_config(args)
     _start_distributed(args)
@@ -159,7 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from mlm_jax import train
+    from mlm_jax.training import pretrain as train
 
     _start_distributed(args)
     train.evaluate_run(args.workdir, step=args.step, batches=args.batches)
@@ -175,13 +175,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from mlm_jax import inference
+    from mlm_jax.inference import fill_mask as inference
 
     inference.print_fill_mask(args.model, args.text, top_k=args.top_k)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
-    from mlm_jax import finetune
+    from mlm_jax.training import finetune
 
     config = _load_config(args)
     _start_distributed(args)
@@ -189,9 +189,9 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
-    from mlm_jax import finetune
+    from mlm_jax.inference import scoring
 
-    finetune.print_scores(
+    scoring.print_scores(
         args.model,
         query=args.query,
         candidates=args.candidates,
@@ -201,7 +201,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
-    from mlm_jax import search
+    from mlm_jax.inference import search
 
     search.print_search(
         args.collection, args.model, query=args.query, queries=args.queries, top_k=args.top_k
@@ -209,7 +209,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from mlm_jax import report
+    from mlm_jax.training import report
 
     report.plot_run(args.workdir, out=args.out)
 

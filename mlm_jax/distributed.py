@@ -86,3 +86,29 @@ def log(message: str) -> None:
 
     prefix = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
+
+
+def gather_to_host(params):
+    """Parameters as host numpy arrays; every process must call this (collective)."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, np.ndarray):
+            return x
+        if getattr(x, "is_fully_addressable", True):
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, params)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches ``name`` (a no-op with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -14,12 +14,13 @@ from mlm_jax import config as config_lib
 from mlm_jax.errors import UserError
 
 _PACKAGES = (
-    "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
+    "mlm_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
     "tensorflow-datasets", "numpy",
 )  # fmt: skip
 
 
 def package_versions() -> dict[str, str]:
+    """Library versions recorded in manifests and checkpoints, for reproducing a run."""
     versions = {}
     for name in _PACKAGES:
         try:

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax import checkpoint
 from mlm_jax import config as config_lib
+from mlm_jax.training import checkpoint
 
 HIDDEN, LAYERS, INTERMEDIATE, VOCAB, POSITIONS = 768, 12, 3072, 30592, 512
 
@@ -102,7 +102,7 @@ def run(directory: str) -> dict:
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state
     )
-    restore_s, (restored, _, _) = timed(lambda: jax.block_until_ready(ckpt.restore(3, target)))
+    restore_s, (_, restored, _, _) = timed(lambda: jax.block_until_ready(ckpt.restore(3, target)))
     restored_words = np.asarray(restored["params"]["embeddings"]["word"])
     assert np.array_equal(restored_words, np.asarray(state["params"]["embeddings"]["word"]))
     ckpt.close()

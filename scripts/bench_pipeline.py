@@ -21,8 +21,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from mlm_jax import builtin_corpora, corpus, pipeline, tokenizer
 from mlm_jax import config as config_lib
+from mlm_jax.data import builtin_corpora, pipeline, preparation, tokenizer
 
 
 def write_corpus(path: Path, megabytes: float) -> int:
@@ -78,7 +78,7 @@ def main() -> None:
         size = write_corpus(text, args.megabytes)
         started = time.perf_counter()
         tokenizer.train_tokenizer(["builtin:shakespeare"], str(root / "tok"), args.vocab_size)
-        meta = corpus.prepare([str(text)], str(root / "data"), valid_fraction=0.01)
+        meta = preparation.prepare([str(text)], str(root / "data"), valid_fraction=0.01)
         prepare_s = time.perf_counter() - started
         results = {}
         for workers in args.workers:

@@ -43,7 +43,7 @@ READ_ONCE = (
 
 def write_corpus(directory: Path, megabytes: float, files: int) -> tuple[int, int]:
     """Tagged copies of two builtin corpora across ``files`` shards; (bytes, documents)."""
-    from mlm_jax import builtin_corpora
+    from mlm_jax.data import builtin_corpora
 
     documents = [*builtin_corpora.documents("shakespeare"), *builtin_corpora.documents("pydocs")]
     # A docstring with blank lines is several documents once written as plain text.

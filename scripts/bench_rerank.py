@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from mlm_jax.ranking_metrics import mean_ranking_metrics
-from mlm_jax.relevance_pairs import candidate_lists, relevance_arrays
+from mlm_jax.data.relevance_pairs import candidate_lists, relevance_arrays
+from mlm_jax.training.ranking_metrics import mean_ranking_metrics
 
 
 def _split(flat: np.ndarray, lists: dict[str, list[dict]]) -> list[np.ndarray]:
@@ -48,10 +48,10 @@ def bi_encoder(path: str, lists):
 
 
 def reranker(path: str, lists):
-    from mlm_jax import finetune
+    from mlm_jax.inference import scoring
 
     pairs = [(query, r["passage"]) for query, rows in lists.items() for r in rows]
-    return _split(finetune.score_pairs(path, pairs), lists)
+    return _split(scoring.score_pairs(path, pairs), lists)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import time
 
 import sentencepiece
 
-from mlm_jax import sources, tokenizer
+from mlm_jax.data import sources, tokenizer
 
 
 def _encode_rate(tok: tokenizer.SentencePieceTokenizer, texts: list[str], threads: int) -> float:

@@ -19,9 +19,10 @@ import jax
 import numpy as np
 
 from mlm_jax import config as config_lib
-from mlm_jax import model as model_lib
-from mlm_jax import perf, precision, sharding
-from mlm_jax import step as step_lib
+from mlm_jax.model import encoder as model_lib
+from mlm_jax.model import precision, sharding
+from mlm_jax.training import perf
+from mlm_jax.training import step as step_lib
 
 
 def random_batch(config, rows: int, seed: int) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlm_jax import builtin_corpora, wordnet
+from mlm_jax.data import builtin_corpora, wordnet
 
 _QUOTED = re.compile(r'"[^"]*"')
 _MIN_PASSAGE_CHARS = 40

@@ -50,7 +50,7 @@ def run_cli(*args, env=None, timeout=600, check=False):
 @pytest.fixture(scope="session")
 def real_text(tmp_path_factory) -> Path:
     """About 400 KB of Shakespeare as a plain text file (documents = scenes)."""
-    from mlm_jax import sources
+    from mlm_jax.data import sources
 
     path = tmp_path_factory.mktemp("text") / "plays.txt"
     docs = list(sources.iter_documents(["builtin:shakespeare"]))[:60]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import run_cli, write_config
 
-from mlm_jax import baselines, corpus, pipeline
 from mlm_jax import config as config_lib
-from mlm_jax import tokenizer as tokenizer_lib
+from mlm_jax.data import baselines, corpus, pipeline
+from mlm_jax.data import tokenizer as tokenizer_lib
 
 
 def test_unigram_baseline_by_hand():
@@ -95,8 +95,8 @@ def test_report_draws_the_baselines_as_horizontal_lines(trained):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlm_jax import report
-    from mlm_jax.metrics import read_metrics
+    from mlm_jax.training import report
+    from mlm_jax.training.metrics import read_metrics
 
     root, _, _ = trained
     run_cli("report", "--workdir", root / "run", check=True)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from mlm_jax import corpus, sources
+from mlm_jax.data import corpus, preparation, sources
 from mlm_jax.errors import UserError
 
 TWO_WORKERS = "--direct_num_workers=2 --direct_running_mode=multi_processing"
@@ -47,8 +47,8 @@ def _without_engine(meta):
 @pytest.fixture(scope="module")
 def both(inputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("beam_out")
-    single = corpus.prepare(inputs, str(root / "single"), valid_fraction=0.1)
-    beam = corpus.prepare(
+    single = preparation.prepare(inputs, str(root / "single"), valid_fraction=0.1)
+    beam = preparation.prepare(
         inputs,
         str(root / "beam"),
         valid_fraction=0.1,
@@ -101,7 +101,7 @@ def test_worker_failure_leaves_out_untouched(inputs, tmp_path, options):
     """A truncated .gz fails its worker mid-build: the old dataset stays, no staging is left,
     and the worker's error comes back as the one-line error it raised."""
     out = tmp_path / "ds"
-    corpus.prepare(inputs, str(out), valid_fraction=0.1)
+    preparation.prepare(inputs, str(out), valid_fraction=0.1)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -109,7 +109,7 @@ def test_worker_failure_leaves_out_untouched(inputs, tmp_path, options):
         data = gzip.compress(handle.read())
     (broken / "plays.txt.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match=r"^cannot read input .*plays\.txt\.gz.*intact$"):
-        corpus.prepare(
+        preparation.prepare(
             [*inputs, str(broken)],
             str(out),
             valid_fraction=0.1,
@@ -124,8 +124,8 @@ def test_worker_failure_leaves_out_untouched(inputs, tmp_path, options):
 def test_empty_validation_split_is_dropped_like_single_process(tmp_path):
     text = tmp_path / "few.txt"
     text.write_text("One short document.\n\nAnother one.\n\nAnd a third.\n")
-    single = corpus.prepare([str(text)], str(tmp_path / "single"), valid_fraction=0.01)
-    beam = corpus.prepare(
+    single = preparation.prepare([str(text)], str(tmp_path / "single"), valid_fraction=0.01)
+    beam = preparation.prepare(
         [str(text)], str(tmp_path / "beam"), valid_fraction=0.01, beam_runner="DirectRunner"
     )
     assert beam["splits"] == single["splits"] == {"train": 3}
@@ -133,7 +133,7 @@ def test_empty_validation_split_is_dropped_like_single_process(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(UserError, match="no documents"):
-        corpus.prepare([str(empty)], str(tmp_path / "none"), beam_runner="DirectRunner")
+        preparation.prepare([str(empty)], str(tmp_path / "none"), beam_runner="DirectRunner")
     assert not (tmp_path / "none").exists()
 
 

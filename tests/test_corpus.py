@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mlm_jax import builtin_corpora, corpus, sources
+from mlm_jax.data import builtin_corpora, corpus, preparation, sources
 from mlm_jax.errors import UserError
 
 
@@ -21,7 +21,7 @@ def text_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared(text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "ds"
-    meta = corpus.prepare([text_file], str(out), valid_fraction=0.2)
+    meta = preparation.prepare([text_file], str(out), valid_fraction=0.2)
     return out, meta
 
 
@@ -62,7 +62,7 @@ def _rows(out, split):
 
 def test_each_input_is_read_once(tmp_path, text_file, monkeypatch):
     """Both splits come from one pass: every input file is opened for text exactly once."""
-    from mlm_jax import text_source
+    from mlm_jax.data import text_source
 
     other = tmp_path / "other.jsonl"
     other.write_text('{"text": "A second input."}\n{"text": "And its second document."}\n')
@@ -74,7 +74,7 @@ def test_each_input_is_read_once(tmp_path, text_file, monkeypatch):
         return real_open(path)
 
     monkeypatch.setattr(text_source, "_open_bytes", counting_open)
-    meta = corpus.prepare([text_file, str(other)], str(tmp_path / "ds"), valid_fraction=0.2)
+    meta = preparation.prepare([text_file, str(other)], str(tmp_path / "ds"), valid_fraction=0.2)
     assert sorted(opened) == sorted([text_file, str(other)])
     assert meta["splits"]["train"] and meta["splits"]["validation"]
     assert meta["documents"] == 43
@@ -105,7 +105,7 @@ def test_readable_by_tfds_without_tensorflow(prepared):
 def test_rerun_is_a_no_op(prepared, text_file, capsys):
     out, meta = prepared
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    again = corpus.prepare([text_file], str(out), valid_fraction=0.2)
+    again = preparation.prepare([text_file], str(out), valid_fraction=0.2)
     assert again["reused"] is True and again["splits"] == meta["splits"]
     assert "nothing to do" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
@@ -113,14 +113,14 @@ def test_rerun_is_a_no_op(prepared, text_file, capsys):
 
 def test_other_inputs_refused_without_force_and_replaced_with_it(tmp_path, text_file):
     out = tmp_path / "ds"
-    corpus.prepare([text_file], str(out), valid_fraction=0.2)
+    preparation.prepare([text_file], str(out), valid_fraction=0.2)
     other = tmp_path / "other.txt"
     other.write_text("A different corpus.\n\nWith two documents.\n")
     with pytest.raises(UserError, match="already holds .* --force"):
-        corpus.prepare([str(other)], str(out))
+        preparation.prepare([str(other)], str(out))
     with pytest.raises(UserError, match="already holds"):
-        corpus.prepare([text_file], str(out), valid_fraction=0.3)  # other options
-    meta = corpus.prepare([str(other)], str(out), valid_fraction=0.0, force=True)
+        preparation.prepare([text_file], str(out), valid_fraction=0.3)  # other options
+    meta = preparation.prepare([str(other)], str(out), valid_fraction=0.0, force=True)
     assert meta["splits"] == {"train": 2}
     assert sorted(_texts(corpus.open_split(str(out), "train"))) == [
         "A different corpus.",
@@ -131,7 +131,7 @@ def test_other_inputs_refused_without_force_and_replaced_with_it(tmp_path, text_
 
 def test_failed_build_leaves_existing_dataset_intact(tmp_path, text_file, monkeypatch):
     out = tmp_path / "ds"
-    corpus.prepare([text_file], str(out), valid_fraction=0.2)
+    preparation.prepare([text_file], str(out), valid_fraction=0.2)
     meta_before = (out / "meta.json").read_text()
     other = tmp_path / "other.txt"
     other.write_text("Some other text.\n")
@@ -141,7 +141,7 @@ def test_failed_build_leaves_existing_dataset_intact(tmp_path, text_file, monkey
 
     monkeypatch.setattr(corpus, "_build", failing_build)
     with pytest.raises(RuntimeError, match="disk full"):
-        corpus.prepare([str(other)], str(out), force=True)
+        preparation.prepare([str(other)], str(out), force=True)
     assert (out / "meta.json").read_text() == meta_before
     assert len(corpus.open_split(str(out), "train")) > 0
     assert sorted(os.listdir(tmp_path)) == ["ds", "other.txt"]
@@ -151,14 +151,14 @@ def test_bad_inputs_are_user_errors(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")
     with pytest.raises(UserError, match="hold no documents"):
-        corpus.prepare([str(empty)], str(tmp_path / "out"))
+        preparation.prepare([str(empty)], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="does not exist"):
-        corpus.prepare([str(tmp_path / "missing.txt")], str(tmp_path / "out"))
+        preparation.prepare([str(tmp_path / "missing.txt")], str(tmp_path / "out"))
     with pytest.raises(UserError, match="valid-fraction"):
-        corpus.prepare([str(empty)], str(tmp_path / "out"), valid_fraction=1.5)
+        preparation.prepare([str(empty)], str(tmp_path / "out"), valid_fraction=1.5)
     with pytest.raises(UserError, match=r"pattern .*nothing-\*\.txt.* matches no files"):
-        corpus.prepare([str(tmp_path / "nothing-*.txt")], str(tmp_path / "out"))
+        preparation.prepare([str(tmp_path / "nothing-*.txt")], str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path)) == ["empty.txt"]
 
 

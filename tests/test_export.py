@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import conftest
@@ -17,23 +16,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import mlm_jax
 from mlm_jax import config as config_lib
-from mlm_jax import (
-    corpus,
-    export,
-    hf_import,
-    hf_tokenizer,
-    inference,
-    pipeline,
-    sharding,
-    sources,
-    tokenizer,
-)
-from mlm_jax import model as model_lib
-from mlm_jax import step as step_lib
+from mlm_jax import export
+from mlm_jax.data import pipeline, preparation, sources, tokenizer
 from mlm_jax.errors import UserError
-from mlm_jax.model import Encoder
+from mlm_jax.hf import names
+from mlm_jax.hf import reader as hf_import
+from mlm_jax.hf import tokenizer as hf_tokenizer
+from mlm_jax.inference import fill_mask as inference
+from mlm_jax.model import encoder as encoder_lib
+from mlm_jax.model import encoder as model_lib
+from mlm_jax.model import sharding
+from mlm_jax.model.encoder import Encoder
+from mlm_jax.training import runs as runs_lib
+from mlm_jax.training import step as step_lib
 
 torch = conftest.require("torch")
 transformers = conftest.require("transformers")
@@ -96,16 +92,13 @@ def perturbed_params(config: config_lib.Config, seed: int = 1):
 
 @pytest.fixture
 def fake_run(monkeypatch, tmp_path):
-    """A run directory served by a stand-in ``train.load_run_params``."""
+    """A run directory served by a stand-in ``runs.restore_params``."""
     runs = {}
 
-    def load_run_params(workdir, step=None):
+    def restore_params(workdir, step=None):
         return runs[str(workdir)]
 
-    module = types.ModuleType("mlm_jax.train")
-    module.load_run_params = load_run_params
-    monkeypatch.setitem(sys.modules, "mlm_jax.train", module)
-    monkeypatch.setattr(mlm_jax, "train", module, raising=False)
+    monkeypatch.setattr(runs_lib, "restore_params", restore_params)
 
     def make(config, graphdef, params):
         workdir = tmp_path / f"run{len(runs)}"
@@ -125,7 +118,7 @@ def exports(tokenizer_dir, tmp_path_factory):
         config = make_config(tokenizer_dir, family)
         _, params = perturbed_params(config)
         out = tmp_path_factory.mktemp("exports") / family
-        export.write_export(config, params, out, manifest={"run": family})
+        export.write_pretrained(config, params, out, manifest={"run": family})
         made[family] = (config, params, out)
     return made
 
@@ -182,7 +175,7 @@ def real_batch(tokenizer_dir, tmp_path_factory):
     lines = [x for x in (tokenizer_dir.parent / "plays.txt").read_text().splitlines() if x.strip()]
     documents = ["\n".join(lines[i : i + 3]) for i in range(0, 600, 3)]
     (root / "short.txt").write_text("\n\n".join(documents))
-    corpus.prepare([str(root / "short.txt")], str(root / "data"), valid_fraction=0.0)
+    preparation.prepare([str(root / "short.txt")], str(root / "data"), valid_fraction=0.0)
     config = make_config(tokenizer_dir, "bert", source=root / "data")
     batches = pipeline.make_train_iterator(config)
     try:
@@ -260,7 +253,7 @@ def test_export_run_writes_verified_directory(tokenizer_dir, fake_run, tmp_path,
     """Through export_run: sharded params on an 8-device mesh are gathered and verified."""
     config = make_config(tokenizer_dir, "bert")
     mesh = sharding.make_mesh(config)
-    graphdef, params, shardings = sharding.create_sharded_model(config, mesh, 3)
+    graphdef, params, shardings = encoder_lib.create_sharded_model(config, mesh, 3)
     host = jax.tree.map(np.asarray, params)
     params = jax.device_put(jax.tree.map(lambda x: x + 0.1, host), shardings)
     workdir = fake_run(config, graphdef, params)
@@ -340,8 +333,8 @@ def test_fill_mask_top_k(exports):
 def test_state_dict_round_trip(tokenizer_dir, family):
     config = make_config(tokenizer_dir, family)
     _, params = perturbed_params(config, seed=5)
-    tensors = export.to_hf_state_dict(config, params)
-    back = export.from_hf_state_dict(config, tensors)
+    tensors = names.to_hf_state_dict(config, params)
+    back = names.from_hf_state_dict(config, tensors)
     for (path, a), (_, b) in zip(nnx.to_flat_state(params), nnx.to_flat_state(back), strict=True):
         expected = np.asarray(a.get_value())
         if path[-1] in ("word_embeddings", "tok_embeddings", "decoder_bias"):
@@ -396,7 +389,7 @@ def test_import_bert_for_masked_lm(tmp_path, tokenizer_dir):
     from safetensors.numpy import load_file
 
     saved = load_file(str(tmp_path / "hf" / "model.safetensors"))
-    exported = export.to_hf_state_dict(config, params)
+    exported = names.to_hf_state_dict(config, params)
     assert set(exported) == set(saved)
     for name, value in saved.items():
         np.testing.assert_array_equal(exported[name], value, err_msg=name)
@@ -458,8 +451,10 @@ TWO_PROCESS_EXPORT = textwrap.dedent(
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
     from flax import nnx
-    import mlm_jax
-    from mlm_jax import export, sharding
+    from mlm_jax import export
+    from mlm_jax.model import encoder as encoder_lib
+    from mlm_jax.model import sharding
+    from mlm_jax.training import runs
     sys.path.insert(0, "tests")
     from test_export import make_config, perturbed_params
 
@@ -467,15 +462,12 @@ TWO_PROCESS_EXPORT = textwrap.dedent(
     config.mesh.data = 1  # 4 devices over 2 processes: fsdp and tensor cross them
     mesh = sharding.make_mesh(config)
     graphdef, host = perturbed_params(config, seed=7)
-    _, abstract = nnx.split(nnx.eval_shape(lambda: __import__("mlm_jax.model").model.Encoder(
-        config.model, rngs=nnx.Rngs(0))))
+    _, abstract = encoder_lib.abstract_encoder(config.model)
     shardings = sharding.tree_shardings(abstract, mesh)
     params = jax.tree.map(
         lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), host, shardings)
     assert not all(x.is_fully_addressable for x in jax.tree.leaves(params))
-    train = types.ModuleType("mlm_jax.train")
-    train.load_run_params = lambda workdir, step=None: (config, graphdef, params)
-    sys.modules["mlm_jax.train"] = mlm_jax.train = train
+    runs.restore_params = lambda workdir, step=None: (config, graphdef, params)
     export.export_run(sys.argv[1], sys.argv[1] + "/out", verify=jax.process_index() == 0)
     print("ok", jax.process_index(), flush=True)
     """
@@ -511,7 +503,7 @@ def test_two_processes_gather_and_one_writes(tmp_path, tokenizer_dir):
     from safetensors.numpy import load_file
 
     config = make_config(tokenizer_dir, "modern")
-    expected = export.to_hf_state_dict(config, perturbed_params(config, seed=7)[1])
+    expected = names.to_hf_state_dict(config, perturbed_params(config, seed=7)[1])
     written = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert set(written) == set(expected)
     for name, value in expected.items():

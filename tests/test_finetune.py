@@ -17,9 +17,10 @@ import pytest
 from conftest import require, run_cli, write_config
 
 from mlm_jax import config as config_lib
-from mlm_jax import finetune_data, sources
+from mlm_jax.data import finetune_data, sources
 from mlm_jax.errors import UserError
-from mlm_jax.ranking_metrics import classification_metrics, query_metrics
+from mlm_jax.training import losses, runs
+from mlm_jax.training.ranking_metrics import classification_metrics, query_metrics
 
 _SPEAKER = re.compile(r"^([A-Z][A-Za-z' ]{0,30}): (.*)$")
 
@@ -177,7 +178,7 @@ def test_ranking_metrics_by_hand():
 
 
 def test_pair_encoding_keeps_the_query_and_token_types(run_inputs):
-    from mlm_jax import tokenizer as tokenizer_lib
+    from mlm_jax.data import tokenizer as tokenizer_lib
 
     tok = tokenizer_lib.load(run_inputs["tokenizer"])
     encoder = finetune_data.PairEncoder(tok, seq_len=24, max_query_tokens=6)
@@ -277,7 +278,7 @@ def test_export_loads_in_sentence_transformers_and_matches_score(reranker, tmp_p
 
 def test_classifier_beats_chance_on_held_out_genres(datasets, run_inputs, pretrained, tmp_path):
     """Shakespeare speech vs Python docstring, from the briefly pretrained encoder."""
-    from mlm_jax import finetune
+    from mlm_jax.training import finetune
 
     config = _finetune_config(tmp_path / "cls.yaml", run_inputs, pretrained, task="classify",
                               loss="cross_entropy", num_labels=2,
@@ -327,7 +328,6 @@ def test_finetune_resumes_from_its_checkpoint(datasets, run_inputs, pretrained, 
 
 
 def test_losses_by_hand():
-    from mlm_jax import finetune
 
     logits = np.array([[2.0], [0.5], [-1.0], [0.0], [1.5], [3.0]], np.float32)  # 2 queries x 3
     batch = {"weights": np.array([1.0, 0.0], np.float32)}  # the second query is padding
@@ -336,15 +336,15 @@ def test_losses_by_hand():
     sigmoid = 1 / (1 + np.exp(-scores[0]))
     targets = np.array([1.0, 0.0, 0.0])
     pointwise = -(targets * np.log(sigmoid) + (1 - targets) * np.log(1 - sigmoid)).mean()
-    for loss_fn, expected in ((finetune.listwise_sums, listwise),
-                              (finetune.pointwise_sums, pointwise)):  # fmt: skip
+    for loss_fn, expected in ((losses.listwise_sums, listwise),
+                              (losses.pointwise_sums, pointwise)):  # fmt: skip
         loss_sum, correct, weight = (float(x) for x in loss_fn(logits, batch))
         assert loss_sum == pytest.approx(expected, rel=1e-5)
         assert (correct, weight) == (1.0, 1.0)
     class_logits = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
     labels = {"labels": np.array([1, 0]), "weights": np.array([1.0, 1.0], np.float32)}
     loss_sum, correct, weight = (
-        float(x) for x in finetune.cross_entropy_sums(class_logits, labels)
+        float(x) for x in losses.cross_entropy_sums(class_logits, labels)
     )
     expected = sum(
         np.log(np.exp(row).sum()) - row[y] for row, y in zip(class_logits, [1, 0], strict=True)
@@ -355,8 +355,7 @@ def test_losses_by_hand():
 def test_distillation_targets_and_loss_by_hand(tmp_path, run_inputs):
     """Soft targets mix the label 1 : weight with softmax(scale * teacher); the loss is their
     cross-entropy with the model's softmax; training lines without teacher scores are named."""
-    from mlm_jax import finetune
-    from mlm_jax import tokenizer as tokenizer_lib
+    from mlm_jax.data import tokenizer as tokenizer_lib
 
     # Both negatives share a teacher score, so the targets do not depend on their drawn order.
     path = _write_jsonl(tmp_path / "train.jsonl", [
@@ -374,7 +373,7 @@ def test_distillation_targets_and_loss_by_hand(tmp_path, run_inputs):
     expected = (np.asarray([1.0, 0.0, 0.0]) + 3.0 * soft / soft.sum()) / 4.0
     np.testing.assert_allclose(batch["targets"][0], expected, rtol=1e-6)
     logits = np.asarray([[2.0], [0.5], [-1.0]], np.float32)
-    loss_sum, correct, weight = (float(x) for x in finetune.distill_sums(logits, batch))
+    loss_sum, correct, weight = (float(x) for x in losses.distill_sums(logits, batch))
     log_softmax = logits[:, 0] - np.log(np.exp(logits[:, 0]).sum())
     assert loss_sum == pytest.approx(-(expected * log_softmax).sum(), rel=1e-5)
     assert (correct, weight) == (1.0, 1.0)
@@ -410,7 +409,7 @@ def test_init_from_an_export_equals_init_from_its_run(datasets, run_inputs, pret
     run, its Hugging Face export, or ``hf:`` + that export; the CLI runs a step from each."""
     import jax
 
-    from mlm_jax import finetune, sharding
+    from mlm_jax.model import sharding
 
     run_cli("export", "--workdir", pretrained, "--out", tmp_path / "hf", check=True)
     encoders = {}
@@ -421,8 +420,8 @@ def test_init_from_an_export_equals_init_from_its_run(datasets, run_inputs, pret
                                   loss="cross_entropy", num_labels=2,
                                   train_file=str(datasets["genre_train"]))  # fmt: skip
         mesh = sharding.make_mesh(config)
-        _, _, shardings = finetune.abstract_state(config, mesh)
-        params = finetune.init_state(config, mesh, shardings).params["encoder"]
+        _, _, shardings = runs.abstract_state(config, mesh)
+        params = runs.fresh_state(config, mesh, shardings).params["encoder"]
         encoders[name] = [np.asarray(x) for x in jax.tree.leaves(params)]
         if name != "scratch":
             run_cli("finetune", "--config", cfg, "--workdir", tmp_path / f"ft-{name}",

@@ -11,7 +11,8 @@ import time
 import conftest
 import numpy as np
 
-from mlm_jax import loop, sharding
+from mlm_jax.model import sharding
+from mlm_jax.training import loop
 
 ROWS, LENGTH = 8, 4
 
@@ -78,6 +79,7 @@ def run_loop(delay_s: float, step_s: float = 0.0, steps: int = 12, log_every: in
         input_knobs="raise data.worker_count",
     )
     writer, checkpointer = FakeWriter(), FakeCheckpointer(every=6)
+
     def train_step(state, batch):
         return fake_step(state, batch, step_s)
 

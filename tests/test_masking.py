@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlm_jax import masking
+from mlm_jax.data import masking
 
 VOCAB = 700
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mlm_jax import model as model_lib
+from mlm_jax.model import encoder as model_lib
 
 VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
 

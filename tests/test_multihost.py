@@ -124,7 +124,7 @@ def resumed(runs) -> dict[str, Path]:
 
 def test_process_batches_are_disjoint_and_join_into_the_global_batch(run_inputs, tmp_path):
     from mlm_jax import config as config_lib
-    from mlm_jax import pipeline
+    from mlm_jax.data import pipeline
 
     config = config_lib.load(write_config(tmp_path / "run.yaml", run_inputs))
     whole = pipeline.make_train_iterator(config, 0, 1)

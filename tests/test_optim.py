@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mlm_jax import model as model_lib
-from mlm_jax import optim
+from mlm_jax.model import encoder as model_lib
+from mlm_jax.training import optim
 
 
 def make_config(*extra: str):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlm_jax import packing
+from mlm_jax.data import packing
 from mlm_jax.errors import UserError
 
 CLS, SEP, PAD = 2, 3, 0

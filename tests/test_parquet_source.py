@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from mlm_jax import corpus, parquet_source, sources
+from mlm_jax.data import corpus, parquet_source, preparation, sources
 from mlm_jax.errors import UserError
 
 
@@ -45,7 +45,7 @@ def test_fixture_really_has_an_empty_row_group_and_nulls(parquet_dir):
 
 
 def test_prepare_reads_every_row_with_text(parquet_dir, scenes, tmp_path):
-    meta = corpus.prepare([str(parquet_dir)], str(tmp_path / "ds"), valid_fraction=0.2)
+    meta = preparation.prepare([str(parquet_dir)], str(tmp_path / "ds"), valid_fraction=0.2)
     assert meta["documents"] == 60 and meta["skipped_records"] == 2
     assert meta["splits"]["train"] + meta["splits"]["validation"] == 60
     texts = []

@@ -12,8 +12,8 @@ import pytest
 from test_masking import check_masked_batch
 from test_packing import check_packed_rows
 
-from mlm_jax import builtin_corpora, corpus, masking, peek, pipeline, tokenizer
 from mlm_jax import config as config_lib
+from mlm_jax.data import builtin_corpora, corpus, masking, peek, pipeline, preparation, tokenizer
 from mlm_jax.errors import UserError
 
 SEQ_LEN = 64
@@ -29,7 +29,7 @@ def artifacts(tmp_path_factory):
     text = root / "plays.txt"
     text.write_text("\n\n".join(documents))
     tokenizer.train_tokenizer([str(text)], str(root / "tok"), vocab_size=600)
-    corpus.prepare([str(text)], str(root / "data"), valid_fraction=0.1)
+    preparation.prepare([str(text)], str(root / "data"), valid_fraction=0.1)
     return {"text": str(text), "tokenizer": str(root / "tok"), "data": str(root / "data")}
 
 

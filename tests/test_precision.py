@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax import finetune, precision, sharding
-from mlm_jax import step as step_lib
+from mlm_jax.model import precision, sharding
+from mlm_jax.training import losses, runs
+from mlm_jax.training import step as step_lib
 
 
 def cpu_retyped_head_product(output_shape: tuple[int, ...], name: str) -> bool:
@@ -75,7 +76,7 @@ def pretraining_step_lowered(config):
 
 def rerank_step_lowered(config):
     mesh = sharding.make_mesh(config)
-    graphdef, abstract_state, shardings = finetune.abstract_state(config, mesh)
+    graphdef, abstract_state, shardings = runs.abstract_state(config, mesh)
     queries = config.train.global_batch_size
     rows, length = queries * (1 + config.finetune.negatives_per_query), config.data.seq_len
     tokens = ((rows, length), jnp.int32)
@@ -83,7 +84,8 @@ def rerank_step_lowered(config):
         "input_ids": tokens, "segment_ids": tokens, "positions": tokens,
         "token_type_ids": tokens, "weights": ((queries,), jnp.float32),
     })  # fmt: skip
-    train_step = finetune.make_train_step(config, mesh, graphdef, shardings)
+    objective = losses.finetune_objective(config.finetune.loss)
+    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings, objective)
     return train_step.lower(abstract_state, batch)
 
 
@@ -202,7 +204,8 @@ def _numerics_config(dtype: str, run_inputs):
 
 def _train_and_evaluate(config, steps: int) -> tuple[float, object, object]:
     """Train ``steps`` steps on real text; ``(eval loss, final params, graphdef)``."""
-    from mlm_jax import pipeline, train
+    from mlm_jax.data import pipeline
+    from mlm_jax.training import pretrain as train
 
     mesh = sharding.make_mesh(config)
     graphdef, state, shardings = step_lib.init_train_state(config, mesh)
@@ -221,7 +224,7 @@ def _mean_loss_grads(config, params, batch):
     """Gradients of the mean MLM loss of one host batch, in ``config``'s precision."""
     from flax import nnx
 
-    from mlm_jax import model as model_lib
+    from mlm_jax.model import encoder as model_lib
 
     graphdef = model_lib.abstract_encoder(config.model)[0]
 
@@ -229,7 +232,7 @@ def _mean_loss_grads(config, params, batch):
         logits = nnx.merge(graphdef, p)(
             batch["input_ids"], batch["segment_ids"], batch["positions"], batch["mlm_positions"]
         )
-        loss_sum, _, weight = step_lib.mlm_sums(logits, batch["mlm_labels"], batch["mlm_weights"])
+        loss_sum, _, weight = losses.mlm_sums(logits, batch["mlm_labels"], batch["mlm_weights"])
         return loss_sum / weight
 
     return jax.jit(jax.grad(loss))(params)
@@ -256,7 +259,7 @@ def test_bf16_training_tracks_fp32_on_real_text(run_inputs):
     # Gradients of one real batch at the trained fp32 point, in both precisions.
     config32 = _numerics_config("float32", run_inputs)
     config16 = _numerics_config("bfloat16", run_inputs)
-    from mlm_jax import pipeline
+    from mlm_jax.data import pipeline
 
     batch = pipeline.make_eval_batches(config32, 1)[0]
     g32 = jax.tree.leaves(_mean_loss_grads(config32, params["float32"], batch))

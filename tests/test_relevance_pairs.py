@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from mlm_jax import finetune_data, wordnet
+from mlm_jax.data import finetune_data, wordnet
 
 _PAIRS, _HELD_OUT, _NEGATIVES, _CANDIDATES = 600, 60, 5, 20
 
@@ -124,8 +124,8 @@ def test_held_out_candidates_equal_a_direct_bm25s_query(pairs_file, pairs_set):
 
 
 def test_evaluation_reads_bm25_scores_and_unanswered_queries(pairs_set):
-    from mlm_jax import finetune
-    from mlm_jax.ranking_metrics import mean_ranking_metrics
+    from mlm_jax.training import finetune
+    from mlm_jax.training.ranking_metrics import mean_ranking_metrics
 
     queries = finetune_data.read_rerank(pairs_set / "eval.jsonl", evaluation=True)
     bm25 = finetune.bm25_scores(queries)

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from conftest import run_cli
 
-from mlm_jax import sources, wordnet
+from mlm_jax.data import sources, wordnet
 
 
 def _read(path):

@@ -8,7 +8,7 @@ import bm25s
 import pytest
 from conftest import run_cli, write_config
 
-from mlm_jax import bm25_index, wordnet
+from mlm_jax.data import bm25_index, wordnet
 
 _QUERY, _TOP_K = "whale", 6
 

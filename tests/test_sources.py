@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlm_jax import sources
+from mlm_jax.data import sources
 from mlm_jax.errors import UserError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sentencepiece as spm
 
-from mlm_jax.spm_model_file import read_model_file
+from mlm_jax.hf.spm_model_file import read_model_file
 
 
 @pytest.mark.parametrize(

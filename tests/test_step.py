@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax import sharding
-from mlm_jax import step as step_lib
+from mlm_jax.model import sharding
+from mlm_jax.training import step as step_lib
 
 VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
 PEAK_LR = 3e-3
@@ -153,6 +153,63 @@ def test_grad_accumulation_equals_one_large_batch():
         )
     assert_params_moved(one_state, initial)
     assert_same_params(accum_state, one_state, "4 micro-batches vs one batch")
+
+
+def rerank_batch(queries: int, candidates: int, seed: int) -> dict[str, np.ndarray]:
+    """Query-major pair rows (``candidates`` per query, the positive first), 0/1 weights."""
+    rng = np.random.default_rng(seed)
+    rows = queries * candidates
+    ids = rng.integers(5, VOCAB, (rows, SEQ)).astype(np.int32)
+    used = rng.integers(8, SEQ + 1, rows)
+    segments = (np.arange(SEQ)[None, :] < used[:, None]).astype(np.int32)
+    ids[segments == 0] = 0
+    weights = np.ones(queries, np.float32)
+    weights[-1] = 0.0  # a padding query, as at the end of an epoch
+    return {
+        "input_ids": ids,
+        "segment_ids": segments,
+        "positions": np.broadcast_to(np.arange(SEQ, dtype=np.int32), (rows, SEQ)).copy(),
+        "token_type_ids": (np.arange(SEQ)[None, :] >= 6).astype(np.int32).repeat(rows, 0),
+        "weights": weights,
+    }
+
+
+def test_fine_tuning_accumulates_gradients_like_one_large_batch():
+    """Fine-tuning trains through the same step: 2 micro-batches of queries = one batch.
+
+    A micro-batch takes whole queries (all candidates of a query stay together), else
+    rows would lose their query and the positive its column. Pointwise loss: under the
+    listwise one the classifier bias gets no gradient at all (a shift of every score of
+    a query), so Adam turns rounding noise into full-size steps and no two runs agree.
+    """
+    from mlm_jax.training import losses, runs
+
+    batches = [rerank_batch(16, 4, seed) for seed in range(4)]
+    common = ("train.global_batch_size=16", "model.dropout_rate=0",
+              "model.attention_dropout_rate=0", "optim.warmup_steps=1", "finetune.task=rerank",
+              "finetune.loss=pointwise", "finetune.negatives_per_query=3",
+              "finetune.train_file=unused.jsonl")  # fmt: skip
+    results = {}
+    for accum in (1, 2):
+        config = tiny_config(*common, f"optim.grad_accum_steps={accum}")
+        mesh = sharding.make_mesh(config)
+        graphdef, _, shardings = runs.abstract_state(config, mesh)
+        state = runs.fresh_state(config, mesh, shardings)
+        initial = jax.tree.map(np.array, state.params)
+        objective = losses.finetune_objective("pointwise")
+        train_step = step_lib.make_train_step(config, mesh, graphdef, shardings, objective)
+        history = []
+        for batch in batches:
+            state, metrics = train_step(state, sharding.host_batch_to_global(batch, mesh))
+            history.append({k: float(v) for k, v in metrics.items()})
+        results[accum] = (history, state, initial)
+    (one, one_state, initial), (two, two_state, _) = results[1], results[2]
+    for key in ("train/loss", "train/accuracy", "train/grad_norm"):
+        np.testing.assert_allclose(
+            [m[key] for m in two], [m[key] for m in one], rtol=1e-5, err_msg=key
+        )
+    assert_params_moved(one_state, initial)
+    assert_same_params(two_state, one_state, "2 micro-batches of queries vs one batch")
 
 
 class Compiled:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlm_jax import sources, tokenizer
+from mlm_jax.data import sources, tokenizer
 from mlm_jax.errors import UserError
 
 UNICODE_LINES = [
@@ -199,9 +199,9 @@ def test_memory_stays_bounded_on_a_corpus_20x_the_sample(tmp_path):
 
 
 def test_trains_from_a_prepared_dataset_directory(corpus_file, tmp_path):
-    from mlm_jax import corpus
+    from mlm_jax.data import corpus, preparation
 
-    corpus.prepare([str(corpus_file)], str(tmp_path / "ds"), valid_fraction=0.2)
+    preparation.prepare([str(corpus_file)], str(tmp_path / "ds"), valid_fraction=0.2)
     meta = tokenizer.train_tokenizer([str(tmp_path / "ds")], str(tmp_path / "tok"), 800)
     train_texts = list(corpus.open_split(str(tmp_path / "ds"), "train").iter_texts())
     lines = [line for text in train_texts for line in text.splitlines() if line.strip()]

@@ -1,0 +1,230 @@
+"""Building the corpus dataset with Apache Beam, through TFDS's own Beam support.
+
+The builder here is :mod:`mlm_jax.data.corpus`'s builder with Beam generators: its
+``_split_generators`` reads every input shard once, in parallel, into one shared
+collection of ``(split, (doc_id, example))``, and its ``_generate_examples``
+returns the Beam transform that keeps one split's examples. TFDS's ``BeamWriter``
+then shuffles and writes the ArrayRecord shards, also on the workers. The split
+rule, the doc ids and the shard reading are the very functions the
+single-process path uses, so both produce the same dataset.
+
+The same pipeline runs on Beam's DirectRunner (all local cores with
+``--direct_running_mode=multi_processing``) or on a cluster runner (Dataflow,
+Flink, Spark), given a staging path every worker can read and write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from mlm_jax.data import corpus, sources
+from mlm_jax.errors import UserError
+
+_COUNTERS = "mlm_jax"
+# Beam workers log every bundle at INFO; keep their stderr for errors unless asked.
+_HARNESS_LOG_FLAG = "--default_sdk_harness_log_level"
+# TFDS's Beam writer fails a split that received no example with this message.
+_EMPTY_SPLIT = re.compile(r"total number of generated examples is 0 for split (\w+)")
+# A UserError raised on a worker process comes back inside the runner's error text.
+_WORKER_USER_ERROR = re.compile(r"UserError: (.+)$", re.M)
+# Beam appends the step an error happened in to its message.
+_STEP_SUFFIX = re.compile(r" \[while running '[^']*'\]$")
+
+
+def _import_beam():
+    """Import apache_beam, or say how to install it.
+
+    Its import logs a warning about optional BigQuery clients through the root
+    logger, which would also install a stderr handler for the rest of the run: the
+    root logger is muted, and given a null handler if it has none, meanwhile.
+    """
+    root = logging.getLogger()
+    quiet = logging.NullHandler()
+    adding, was_disabled = not root.handlers, root.disabled
+    if adding:
+        root.addHandler(quiet)
+    root.disabled = True
+    try:
+        import apache_beam
+    except ImportError:
+        raise UserError(
+            "--beam-runner needs apache-beam, which is not installed; run "
+            "`pip install 'mlm_jax[beam]'` or drop --beam-runner"
+        ) from None
+    finally:
+        root.disabled = was_disabled
+        if adding:
+            root.removeHandler(quiet)
+    return apache_beam
+
+
+def _runner_and_options(runner_name: str, options: str | None):
+    _import_beam()
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        runner = create_runner(runner_name)
+    except (ValueError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise UserError(
+            f"--beam-runner {runner_name!r} is not a usable Beam runner ({reason}); "
+            "use e.g. DirectRunner"
+        ) from None
+    flags = shlex.split(options or "")
+    if any(not flag.startswith("-") for flag in flags):
+        raise UserError(
+            f"--beam-options {options!r} must be Beam flags like --direct_num_workers=2"
+        )
+    if not any(flag.startswith(_HARNESS_LOG_FLAG) for flag in flags):
+        flags.append(f"{_HARNESS_LOG_FLAG}=ERROR")
+    return runner, PipelineOptions(flags)
+
+
+def engine(runner_name: str, options: str | None) -> Callable:
+    """Check Beam and the runner now; return ``build(staging, shards, ...)`` for corpus."""
+    runner, pipeline_options = _runner_and_options(runner_name, options)
+
+    def build(staging: Path, shards, text_field: str, valid_fraction: float, inputs):
+        return _build(staging, shards, text_field, valid_fraction, inputs, runner, pipeline_options)
+
+    return build
+
+
+def read_examples(shard: sources.Shard, text_field: str, valid_fraction: float) -> Iterator:
+    """One shard's ``(split, (doc_id, example))``; its read counts go to Beam counters."""
+    from apache_beam.metrics import Metrics
+
+    stats = sources.ReadStats()
+    for split, key, text in corpus.shard_examples(shard, text_field, valid_fraction, stats):
+        yield split, (key, {"text": text, "doc_id": key})
+    for field in dataclasses.fields(stats):
+        Metrics.counter(_COUNTERS, field.name).inc(getattr(stats, field.name))
+
+
+def examples_of(element, split: str) -> Iterator:
+    if element[0] == split:
+        yield element[1]
+
+
+def _builder_class():
+    import apache_beam as beam
+
+    base = corpus.builder_class()
+
+    class MlmJaxCorpusBeam(base, skip_registration=True):
+        """The corpus builder with Beam generators; writes a dataset named like its base."""
+
+        name = corpus.BUILDER_NAME
+
+        def __init__(self, *, shards, text_field, valid_fraction, splits, **kwargs):
+            self._shards = list(shards)
+            self._text_field = text_field
+            self._valid_fraction = valid_fraction
+            self._splits = tuple(splits)
+            self.read_stats = sources.ReadStats()
+            super().__init__(**kwargs)
+
+        def _split_generators(self, dl_manager, pipeline):
+            # Reshuffle breaks fusion with Create, so shards spread over the workers.
+            examples = (
+                pipeline
+                | "Shards" >> beam.Create(self._shards)
+                | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.FlatMap(read_examples, self._text_field, self._valid_fraction)
+            )
+            return {
+                split: examples | f"Select_{split}" >> self._generate_examples(split)
+                for split in self._splits
+            }
+
+        def _generate_examples(self, split):
+            return beam.FlatMap(examples_of, split)
+
+        def _process_pipeline_result(self, pipeline_result):
+            from apache_beam.metrics.metric import MetricsFilter
+
+            query = MetricsFilter().with_namespace(_COUNTERS)
+            for counter in pipeline_result.metrics().query(query)["counters"]:
+                value = counter.committed if counter.committed is not None else counter.attempted
+                setattr(self.read_stats, counter.key.metric.name, value)
+
+    return MlmJaxCorpusBeam
+
+
+def _run(staging: Path, shards, text_field, valid_fraction, splits, runner, options):
+    shutil.rmtree(staging / corpus.BUILDER_NAME, ignore_errors=True)  # a failed attempt's
+    builder = _builder_class()(
+        shards=shards,
+        text_field=text_field,
+        valid_fraction=valid_fraction,
+        splits=splits,
+        data_dir=str(staging),
+        file_format="array_record",
+    )
+    with _quiet_beam_logs():
+        corpus.download_and_prepare(builder, staging, beam_runner=runner, beam_options=options)
+    return builder
+
+
+def _empty_split(error: Exception) -> str | None:
+    match = _EMPTY_SPLIT.search(str(error))
+    return match.group(1) if match else None
+
+
+def _user_error_from(error: Exception) -> UserError | None:
+    """A worker's UserError as we raised it, from what the runner re-raised."""
+    text = str(error)
+    if not isinstance(error, UserError):
+        match = _WORKER_USER_ERROR.search(text)
+        if match is None:
+            return None
+        text = match.group(1)
+    return UserError(_STEP_SUFFIX.sub("", text.strip()))
+
+
+@contextlib.contextmanager
+def _quiet_beam_logs():
+    """Beam logs a failing worker's traceback before raising it; the error raised is enough."""
+    logger = logging.getLogger("apache_beam")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _build(staging, shards, text_field, valid_fraction, inputs, runner, options):
+    """Run the pipeline; a split that received nothing is dropped and the build rerun.
+
+    TFDS's Beam writer cannot write an empty split, and which split is empty is only
+    known after reading; that happens for small corpora only, so rerunning is cheap.
+    """
+    splits = corpus.SPLITS if valid_fraction > 0 else ("train",)
+    try:
+        builder = _run(staging, shards, text_field, valid_fraction, splits, runner, options)
+    except Exception as error:  # the runner wraps worker failures in many types
+        user_error = _user_error_from(error)
+        if user_error is not None:
+            raise user_error from None
+        empty = _empty_split(error)
+        if empty is None:
+            raise
+        if empty == "train" or len(splits) == 1:
+            raise UserError(
+                f"no document of the inputs {inputs} fell into the train split (there are no "
+                "documents, or all fell into validation); pass more text or lower "
+                "--valid-fraction"
+            ) from None
+        print("warning: no document fell into validation; add text for one", file=sys.stderr)
+        builder = _run(staging, shards, text_field, valid_fraction, ("train",), runner, options)
+    return builder, builder.read_stats

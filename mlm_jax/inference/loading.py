@@ -1,0 +1,70 @@
+"""The one "directory -> model" loader for everything that predicts or scores.
+
+It accepts what the other commands produce and what the ecosystem ships:
+
+* our export (``mlm_jax.json`` + ``model.safetensors`` + ``spm.model``): the config and
+  tokenizer it was trained with, a pretrained encoder or a fine-tuned cross-encoder;
+* any Hugging Face BERT / ModernBERT directory (``config.json`` + ``model.safetensors``
+  + ``tokenizer.json``), its config derived by :func:`mlm_jax.hf.reader.hf_model_config`;
+* a training or fine-tuning run (``config.yaml``/``checkpoints``): its newest checkpoint.
+
+Models load in float32 on this host's devices: inference runs at full precision, as
+``transformers`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from mlm_jax import config as config_lib
+from mlm_jax.data import tokenizer as tokenizer_lib
+from mlm_jax.errors import UserError
+from mlm_jax.hf import reader
+from mlm_jax.model import sharding
+from mlm_jax.training import runs
+
+
+@dataclass
+class Loaded:
+    config: Any
+    graphdef: Any
+    params: Any
+    tokenizer: Any
+
+    @property
+    def fine_tuned(self) -> bool:
+        return self.config.finetune is not None
+
+
+def load(path: str | os.PathLike) -> Loaded:
+    """The model in ``path``, whatever kind of directory it is (see the module docstring)."""
+    directory = Path(path)
+    if (directory / "mlm_jax.json").is_file():
+        config, params = reader.read_export(directory)
+    elif (directory / "config.yaml").is_file() or (directory / "checkpoints").is_dir():
+        config, _, params = runs.restore_params(str(directory))
+    elif (directory / "config.json").is_file():
+        config, params = _foreign(directory)
+    else:
+        raise UserError(
+            f"{str(directory)!r} is neither an export (config.json) nor a run directory "
+            "(config.yaml, checkpoints/); pass one of them"
+        )
+    config.model.dtype = "float32"
+    graphdef, _, shardings = runs.abstract_state(config, sharding.make_mesh(config))
+    params = jax.device_put(params, shardings.params)
+    return Loaded(config, graphdef, params, tokenizer_lib.load(config.data.tokenizer))
+
+
+def _foreign(directory: Path):
+    """A Hugging Face BERT/ModernBERT that we did not write."""
+    model = reader.hf_model_config(directory)
+    seq_len = min(512, model.get("max_position_embeddings", 512))
+    raw = {"model": model, "data": {"tokenizer": str(directory), "seq_len": seq_len}}
+    config = config_lib.from_dict(raw, origin=str(directory / "config.json"))
+    return config, reader.load_hf_checkpoint(directory, config)

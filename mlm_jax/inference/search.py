@@ -1,0 +1,105 @@
+"""``mlm-jax search``: BM25 over a passage collection, then a cross-encoder re-ranks its top K.
+
+The two-stage job rerankers exist for. BM25 (:mod:`mlm_jax.bm25_index`, cached beside
+the collection) picks each query's ``top_k`` candidates from the whole collection; the
+reranker scores every (query, candidate) pair exactly as ``mlm-jax score`` would and
+orders them by that score, BM25's order breaking ties.
+
+Collection: JSONL, one passage per line, as ``{"text": ...}``, ``{"passage": ...}`` or a
+JSON string. Queries file: JSONL, ``{"query": ...}`` or a JSON string per line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mlm_jax.data import bm25_index
+from mlm_jax.errors import UserError
+
+
+def _json_lines(path: str | Path, option: str, expected: str):
+    """``(where, value)`` of each non-blank line; one-line errors naming the option."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{option} {path}: file not found; pass a JSONL file with {expected}")
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    yield f"{path}:{number}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write "
+                                    f"{expected}") from None  # fmt: skip
+
+
+def _text(value, keys: tuple[str, ...], where: str, expected: str) -> str:
+    if isinstance(value, dict):
+        value = next((value[k] for k in keys if isinstance(value.get(k), str)), None)
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: no text; write {expected}")
+    return value
+
+
+def read_collection(path: str | Path) -> list[str]:
+    """The passages of a collection file, in file order."""
+    expected = 'one {"text": ...} (or {"passage": ...}) per line'
+    passages = [_text(v, ("text", "passage"), where, expected)
+                for where, v in _json_lines(path, "--collection", expected)]  # fmt: skip
+    if not passages:
+        raise UserError(f"--collection {path}: no passages; write {expected}")
+    return passages
+
+
+def read_queries(path: str | Path) -> list[str]:
+    expected = 'one {"query": ...} per line'
+    queries = [_text(v, ("query",), where, expected)
+               for where, v in _json_lines(path, "--queries", expected)]  # fmt: skip
+    if not queries:
+        raise UserError(f"--queries {path}: no queries; write {expected}")
+    return queries
+
+
+def search(collection: str, model: str, queries: list[str], top_k: int = 20) -> list[dict]:
+    """Per query ``{"query", "results": [{"rank", "score", "bm25", "text"}, ...]}``."""
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k} must be at least 1")
+    passages = read_collection(collection)
+    from mlm_jax.inference import scoring
+
+    # The model is checked before the index is built: a wrong --model writes nothing.
+    rerank = scoring.load_reranker(model)
+    index = bm25_index.cached(collection, passages)
+    candidates, bm25 = index.top_k(queries, top_k)
+    scores = rerank([(q, passages[i]) for q, row in zip(queries, candidates, strict=True)
+                     for i in row])  # fmt: skip
+    results = []
+    for row, (query, ids, first_stage) in enumerate(zip(queries, candidates, bm25, strict=True)):
+        mine = scores[row * len(ids) : (row + 1) * len(ids)]
+        order = np.argsort(-mine, kind="stable")  # stable: BM25's order among equal scores
+        results.append({"query": query, "results": [
+            {"rank": r + 1, "score": float(mine[i]), "bm25": float(first_stage[i]),
+             "text": passages[ids[i]]}
+            for r, i in enumerate(order)
+        ]})  # fmt: skip
+    return results
+
+
+def print_search(collection: str, model: str, query: str | None = None,
+                 queries: str | None = None, top_k: int = 20) -> list[dict]:  # fmt: skip
+    """``mlm-jax search``: one query prints a header then ``rank, score, bm25, passage``
+    lines (tab-separated); ``--queries`` prints one JSON object per query."""
+    if (query is None) == (queries is None):
+        raise UserError('pass one query ("text") or --queries F.jsonl, not both')
+    texts = [query] if queries is None else read_queries(queries)
+    results = search(collection, model, texts, top_k)
+    if queries is not None:
+        for result in results:
+            print(json.dumps(result, ensure_ascii=False))
+        return results
+    print("rank\tscore\tbm25\tpassage")
+    for item in results[0]["results"]:
+        print(f"{item['rank']}\t{item['score']:.6f}\t{item['bm25']:.4f}\t{item['text']}")
+    return results

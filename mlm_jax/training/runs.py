@@ -1,0 +1,214 @@
+"""Run directories, shared by pretraining and fine-tuning.
+
+What the two have in common lives here: checks before anything is written (``init_from``,
+a resumed run's manifest), the workdir record (``config.yaml``, ``manifest.json``), the
+start order (the workdir's newest checkpoint > ``model.init_from`` > fresh weights), the
+step loop around a :class:`~mlm_jax.training.loop.Job` with its metrics writer and stop
+handling, and restoring a run's parameters for eval, export and inference. Nothing here
+reads a dataset: restoring a checkpoint needs no input pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from mlm_jax import config as config_lib
+from mlm_jax import distributed, manifest
+from mlm_jax.errors import UserError
+from mlm_jax.model import sharding
+from mlm_jax.model.cross_encoder import CrossEncoder, abstract_cross_encoder, num_outputs
+from mlm_jax.model.encoder import abstract_encoder
+from mlm_jax.training import checkpoint, loop, step
+from mlm_jax.training.metrics import MetricsWriter
+
+SINGLE_HOST_MESH = ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"]
+
+
+def abstract_model(config) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, params)`` made of shapes: the cross-encoder of a fine-tuning config,
+    else the pretraining encoder."""
+    if config.finetune is not None:
+        return abstract_cross_encoder(config)
+    return abstract_encoder(config.model)
+
+
+def abstract_state(config, mesh):
+    """``(graphdef, abstract_state, shardings)`` of the run's train state on ``mesh``."""
+    return step.abstract_train_state(config, mesh, abstract_model(config))
+
+
+# ----------------------------------------------------------------------------- restoring
+
+
+def read_config(workdir: str | Path):
+    """A run's resolved config, on this host's devices (restoring for eval/export/inference)."""
+    if not (Path(workdir) / "config.yaml").is_file():
+        raise UserError(f"{workdir} is not a run directory (no config.yaml); train first")
+    return config_lib.load(Path(workdir) / "config.yaml", SINGLE_HOST_MESH)
+
+
+def restore_params(
+    workdir: str | Path, step_number: int | None = None, config=None, mesh=None, missing=None
+):
+    """``(config, graphdef, params)`` of a run's checkpoint (newest, or ``step_number``).
+
+    ``config`` and ``mesh`` default to the run's own config on this host's devices;
+    ``missing`` is the error when the run has no checkpoint.
+    """
+    config = config or read_config(workdir)
+    mesh = mesh or sharding.make_mesh(config)
+    graphdef, abstract, _ = abstract_state(config, mesh)
+    with checkpoint.Checkpointer(workdir, config) as ckpt:
+        if step_number is not None:
+            return config, graphdef, ckpt.restore(step_number, abstract).state.params
+        restored = ckpt.restore_latest(abstract)
+    if restored is None:
+        raise UserError(missing or f"{workdir} has no checkpoint yet; train it first")
+    return config, graphdef, restored.state.params
+
+
+# ----------------------------------------------------------------------------- init_from
+
+
+def init_source(init: str) -> tuple[str, Path]:
+    """``("run" | "hf", path)`` for ``model.init_from``: a run directory, or a Hugging Face
+    directory (our export, or any BERT/ModernBERT) with or without the ``hf:`` prefix."""
+    path = Path(init.removeprefix("hf:"))
+    if not init.startswith("hf:") and (path / "config.yaml").is_file():
+        return "run", path
+    if (path / "config.json").is_file():
+        return "hf", path
+    raise UserError(
+        f"model.init_from={init} is neither a run directory nor a Hugging Face directory "
+        "(config.json); fix the path"
+    )
+
+
+def initial_params(config, mesh):
+    """Encoder parameters named by ``model.init_from`` (see :func:`init_source`)."""
+    kind, path = init_source(config.model.init_from)
+    if kind == "run":
+        # Its shapes were already checked against this config by check_init_from.
+        other = config_lib.load(path / "config.yaml")
+        missing = f"model.init_from={path} has no checkpoint; train it first"
+        return restore_params(path, config=other, mesh=mesh, missing=missing)[2]
+    from mlm_jax.hf import reader
+
+    return reader.load_hf_checkpoint(path, config)
+
+
+def check_init_from(config, workdir: Path) -> None:
+    """Refuse a bad ``model.init_from`` before anything is written to the workdir.
+
+    Skipped when the workdir already has checkpoints: resuming wins over init_from.
+    """
+    init = config.model.init_from
+    folder = workdir / checkpoint.CHECKPOINT_DIR
+    if not init or (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
+        return
+    kind, path = init_source(init)
+    if kind == "run":
+        theirs = config_lib.load(path / "config.yaml").model
+    else:
+        from mlm_jax.hf import reader
+
+        theirs = reader.hf_model_config(path)
+    mismatch = manifest.model_shape_changes(theirs, config.model)
+    if mismatch:
+        raise UserError(
+            f"model.init_from={init} has other shapes ({mismatch}); match model.* to it"
+        )
+
+
+# ----------------------------------------------------------------------------- the skeleton
+
+
+def prepare_workdir(workdir: Path, config, run_manifest: dict) -> None:
+    """Check a resumed run still matches, then record its config and manifest."""
+    previous = manifest.read(workdir)
+    if previous is not None:
+        manifest.check_resumable(previous, run_manifest)
+    if distributed.is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.yaml").write_text(config_lib.dump(config))
+        manifest.write(workdir, run_manifest)
+
+
+@contextlib.contextmanager
+def opened(config, workdir: Path, tokenizer, mesh) -> Iterator[checkpoint.Checkpointer]:
+    """Check, record and open a run directory; yields its checkpointer, closed on exit."""
+    run_manifest = manifest.build(config, tokenizer, mesh)
+    check_init_from(config, workdir)
+    prepare_workdir(workdir, config, run_manifest)
+    checkpointer = checkpoint.Checkpointer(workdir, config)
+    try:
+        yield checkpointer
+    finally:
+        checkpointer.close()
+
+
+def fresh_state(config, mesh, shardings) -> step.TrainState:
+    """Step 0: fresh weights, with the encoder from ``model.init_from`` when it is set."""
+    if config.finetune is None and not config.model.init_from:
+        return step.init_train_state(config, mesh)[1]
+    if config.finetune is None:
+        params = initial_params(config, mesh)
+    else:  # a new pooler and classifier around the encoder
+        seed, outputs = config.train.seed, num_outputs(config)
+
+        def init():
+            return nnx.split(CrossEncoder(config.model, outputs, rngs=nnx.Rngs(seed)))[1]
+
+        params = jax.jit(init, out_shardings=shardings.params)()
+        if config.model.init_from:
+            params["encoder"] = jax.device_put(
+                initial_params(config, mesh), shardings.params["encoder"]
+            )
+    return step.train_state_from_params(config, params, shardings)
+
+
+def start(config, mesh, checkpointer):
+    """``(restored or None, state, graphdef, shardings)`` by the start order."""
+    graphdef, abstract, shardings = abstract_state(config, mesh)
+    restored = checkpointer.restore_latest(abstract)
+    if restored is not None:
+        distributed.log(f"resumed from checkpoint step {restored.step}")
+        return restored, restored.state, graphdef, shardings
+    state = fresh_state(config, mesh, shardings)
+    distributed.log(f"initialised from {config.model.init_from or 'scratch'}")
+    return None, state, graphdef, shardings
+
+
+def execute(
+    config,
+    workdir: Path,
+    mesh,
+    state,
+    first_step: int,
+    job: loop.Job,
+    train_step,
+    checkpointer,
+    before: Callable[[MetricsWriter], None] | None = None,
+) -> dict:
+    """Run the step loop with a metrics writer and SIGTERM/SIGINT handling.
+
+    ``before(writer)`` runs first (fine-tuning logs its step-0 evaluation there).
+    """
+    writer = MetricsWriter(workdir, enabled=distributed.is_primary())
+    writer.truncate_after(first_step)
+    stop = loop.StopRequest()
+    stop.install()
+    try:
+        if before is not None:
+            before(writer)
+        return loop.run(
+            config, mesh, state, first_step, job, train_step, writer, checkpointer, stop
+        )
+    finally:
+        stop.uninstall()
+        writer.close()

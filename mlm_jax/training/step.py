@@ -1,0 +1,219 @@
+"""The train state, the jitted train step and the jitted eval step.
+
+``train_step(state, batch) -> (state, metrics)`` is a pure function compiled once
+with explicit shardings and a donated state, for any objective of
+:mod:`mlm_jax.training.losses` (pretraining and fine-tuning alike). Gradient accumulation
+runs inside it as a ``lax.scan`` over micro-batches; the loss is normalized by the weight
+of the whole step (masked tokens, or examples), so accumulation equals one large batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mlm_jax.config import Config
+from mlm_jax.model.encoder import Encoder, abstract_encoder
+from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, tree_shardings
+from mlm_jax.training.losses import MLM, Objective
+from mlm_jax.training.optim import make_optimizer
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; the model graph lives apart (``graphdef``)."""
+
+    step: jax.Array  # int32 scalar: optimizer steps taken (skipped non-finite ones too)
+    params: nnx.State  # float32 parameters, sharded by logical axes
+    opt_state: Any  # optax state, sharded like the parameters
+    rng: jax.Array  # uint32[2] dropout key; per step fold_in(rng, step)
+
+
+def abstract_train_state(
+    config: Config, mesh: Mesh, model: tuple[nnx.GraphDef, nnx.State] | None = None
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """``(graphdef, abstract_state, state_shardings)`` without allocating anything.
+
+    ``abstract_state`` holds ``jax.ShapeDtypeStruct``s carrying their shardings: the
+    restore target for a checkpoint on this mesh. ``model`` is the abstract
+    ``(graphdef, params)`` to train; by default the pretraining encoder.
+    """
+    tx, _ = make_optimizer(config)
+    graphdef, abstract_params = model or abstract_encoder(config.model)
+    replicated = NamedSharding(mesh, P())
+    abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=abstract_params,
+        opt_state=jax.eval_shape(tx.init, abstract_params),
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )
+    shardings = TrainState(
+        step=replicated,
+        params=tree_shardings(abstract_state.params, mesh),
+        opt_state=tree_shardings(abstract_state.opt_state, mesh),
+        rng=replicated,
+    )
+    with_shardings = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
+    return graphdef, with_shardings, shardings
+
+
+def fresh_train_state(config: Config, params: nnx.State) -> TrainState:
+    """Step 0 around ``params``: a new optimizer state and the dropout key of the seed."""
+    tx, _ = make_optimizer(config)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 1),  # not the init key
+    )
+
+
+def train_state_from_params(config: Config, params: Any, shardings: TrainState) -> TrainState:
+    """A fresh state around given parameters (``init_from``), placed by ``shardings``."""
+    params = jax.device_put(params, shardings.params)
+    return jax.jit(lambda p: fresh_train_state(config, p), out_shardings=shardings)(params)
+
+
+def init_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """``(graphdef, state, state_shardings)``: a fresh state, initialized already sharded."""
+    graphdef, _, shardings = abstract_train_state(config, mesh)
+
+    def init() -> TrainState:
+        params = nnx.split(Encoder(config.model, rngs=nnx.Rngs(config.train.seed)))[1]
+        return fresh_train_state(config, params)
+
+    return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def _split_micro_batches(batch: Batch, count: int, mesh: Mesh, example_key: str) -> Batch:
+    """``[E*g, ...] -> [count, E/count*g, ...]`` taking every count-th example.
+
+    An example is one weight of ``batch[example_key]``: a row in pretraining, a query
+    with its ``g`` candidate rows in reranking; its rows stay together. Strided, not
+    contiguous, so each micro-batch keeps rows on every device.
+    """
+    sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+    examples = batch[example_key].shape[0]
+
+    def split(x):
+        rows_per_example = x.shape[0] // examples
+        x = x.reshape(examples // count, count, rows_per_example, *x.shape[1:]).swapaxes(0, 1)
+        x = x.reshape(count, (examples // count) * rows_per_example, *x.shape[3:])
+        return jax.lax.with_sharding_constraint(x, sharding)
+
+    return jax.tree.map(split, batch)
+
+
+def _grads_and_sums(graphdef, params, batch: Batch, key, accum: int, mesh: Mesh, objective):
+    """Summed (unnormalized) gradients and sums over ``accum`` micro-batches."""
+
+    def loss_and_aux(p, micro, micro_key):
+        loss_sum, correct, weight_sum = objective.sums(graphdef, p, micro, micro_key)
+        return loss_sum, (loss_sum, correct, weight_sum)
+
+    grad_fn = jax.grad(loss_and_aux, has_aux=True)
+    if accum == 1:
+        return grad_fn(params, batch, key)
+
+    def body(carry, xs):
+        grads, sums = carry
+        micro, index = xs
+        micro_grads, micro_sums = grad_fn(params, micro, jax.random.fold_in(key, index))
+        return (
+            jax.tree.map(jnp.add, grads, micro_grads),
+            jax.tree.map(jnp.add, sums, micro_sums),
+        ), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    sums = (jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+    micro = _split_micro_batches(batch, accum, mesh, objective.example_key)
+    (grads, sums), _ = jax.lax.scan(body, (zeros, sums), (micro, jnp.arange(accum)))
+    return grads, sums
+
+
+def make_train_step(
+    config: Config,
+    mesh: Mesh,
+    graphdef: nnx.GraphDef,
+    state_shardings: TrainState,
+    objective: Objective = MLM,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
+
+    Pretraining and fine-tuning both train through here; ``objective`` is what differs.
+
+    A non-finite loss or gradient leaves params and optimizer state unchanged, still
+    advances ``step``, and reports ``train/nonfinite = 1`` for the caller to act on.
+    """
+    tx, schedule = make_optimizer(config)
+    accum = config.optim.grad_accum_steps
+
+    def train_step(state: TrainState, batch: Batch):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            key = jax.random.fold_in(state.rng, state.step)
+            grads, (loss_sum, correct, weight_sum) = _grads_and_sums(
+                graphdef, state.params, batch, key, accum, mesh, objective
+            )
+            denom = jnp.where(weight_sum > 0, weight_sum, 1.0)
+            grads = jax.tree.map(lambda g: g / denom, grads)
+            loss, grad_norm = loss_sum / denom, optax.tree.norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+            new_state = TrainState(
+                step=state.step + 1,
+                params=keep(params, state.params),
+                opt_state=keep(opt_state, state.opt_state),
+                rng=state.rng,
+            )
+            metrics = {
+                "train/loss": loss,
+                objective.accuracy_name: correct / denom,
+                "train/grad_norm": grad_norm,
+                "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+                "train/nonfinite": 1.0 - finite.astype(jnp.float32),
+            }
+            return new_state, metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(
+    config: Config, mesh: Mesh, graphdef: nnx.GraphDef, param_shardings: Any
+) -> Callable[[nnx.State, Batch], dict[str, jax.Array]]:
+    """The jitted ``eval_step(params, batch) -> {loss_sum, correct, weight_sum}``, no dropout.
+
+    Sum over batches, then loss = loss_sum / weight_sum, accuracy = correct / weight_sum,
+    perplexity = exp(loss).
+    """
+    del config  # the graph already holds the model config
+
+    def eval_step(params: nnx.State, batch: Batch):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            loss_sum, correct, weight_sum = MLM.sums(graphdef, params, batch, None)
+        return {"loss_sum": loss_sum, "correct": correct, "weight_sum": weight_sum}
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(param_shardings, batch_sharding(mesh)),
+        out_shardings=NamedSharding(mesh, P()),
+    )
