@@ -1,7 +1,7 @@
 """The main job's recipe (configs/tiny.yaml) learns context, and `predict` prints words.
 
 "Learns context" is measured against the unigram floor that `mlm-jax eval` prints beside
-the model (:mod:`mlm_jax.baselines`): the cross-entropy of the same masked tokens under the
+the model (:mod:`mlm_jax.data.baselines`): the cross-entropy of the same masked tokens under the
 training split's token frequencies, the best a model that ignores its input can do.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from mlm_jax import inference
-from mlm_jax import tokenizer as tokenizer_lib
+from mlm_jax.data import tokenizer as tokenizer_lib
+from mlm_jax.inference import fill_mask as inference
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +58,11 @@ def test_recipe_uses_context_when_every_target_is_masked(recipe_run):
     with every target replaced by [MASK] only the surrounding tokens can help."""
     import jax
 
-    from mlm_jax import sharding, train
+    from mlm_jax.model import sharding
+    from mlm_jax.training import pretrain as train
+    from mlm_jax.training import runs
 
-    config, graphdef, params = train.load_run_params(str(recipe_run))
+    config, graphdef, params = runs.restore_params(str(recipe_run))
     config.data.random_token_fraction = 0.0
     config.data.mask_token_fraction = 1.0
     evaluator = train.Evaluator(
