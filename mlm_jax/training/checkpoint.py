@@ -55,10 +55,20 @@ class _OneLineOrbaxErrors(logging.Filter):
         return True
 
 
-logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
-# Every Orbax read or write goes through this module, so its asyncio leftovers are quieted here,
-# once per process, whether we run from the CLI or as a library.
-async_leftovers.install()
+def _quiet_orbax_once() -> None:
+    """Keep Orbax's background errors to the one line we report; first Checkpointer only.
+
+    Done where Orbax is first used rather than at import, so importing this module (for
+    :class:`Restored`, say) changes no global logging or asyncio behaviour.
+    """
+    global _QUIETED
+    if not _QUIETED:
+        logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())
+        async_leftovers.install()
+        _QUIETED = True
+
+
+_QUIETED = False
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged"
@@ -89,6 +99,7 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str | os.PathLike, config: Any):
+        _quiet_orbax_once()
         self.config = config
         self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
         self._failed = False
