@@ -45,3 +45,12 @@ def swap_into_place(staging: Path, out: Path) -> None:
 def json_bytes(value: Any) -> bytes:
     """The JSON form every artifact file of ours uses: indented, UTF-8, newline-ended."""
     return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def write_jsonl_directory(out: str | os.PathLike, files: dict[str, list[dict]], meta: dict) -> None:
+    """A directory of ``NAME.jsonl`` files (one JSON object per line) and ``meta.json``."""
+    with staged_directory(out) as staging:
+        for name, rows in files.items():
+            lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            (staging / f"{name}.jsonl").write_text(lines, encoding="utf-8")
+        (staging / "meta.json").write_bytes(json_bytes(meta))

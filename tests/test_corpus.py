@@ -139,7 +139,7 @@ def test_failed_build_leaves_existing_dataset_intact(tmp_path, text_file, monkey
     def failing_build(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(corpus, "_build", failing_build)
+    monkeypatch.setattr(corpus, "build_single_process", failing_build)
     with pytest.raises(RuntimeError, match="disk full"):
         preparation.prepare([str(other)], str(out), force=True)
     assert (out / "meta.json").read_text() == meta_before

@@ -178,11 +178,7 @@ def build(
         "queries": {"train": len(train), "eval": len(held)},
         f"bm25_recall@{candidates}": round(recall, 6),
     }
-    with artifacts.staged_directory(out) as staging:
-        for name, rows in (("train", train_rows), ("eval", eval_rows)):
-            lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            (staging / f"{name}.jsonl").write_text(lines, encoding="utf-8")
-        (staging / "meta.json").write_bytes(artifacts.json_bytes(meta))
+    artifacts.write_jsonl_directory(out, {"train": train_rows, "eval": eval_rows}, meta)
     print(
         f"relevance set {out}: {len(train)} train queries with {negatives} BM25 negatives, "
         f"{len(held)} held-out queries with BM25's top {candidates} of {len(pairs.passages)} "

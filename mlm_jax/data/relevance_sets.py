@@ -18,7 +18,6 @@ drawn, so no held-out gloss is seen in training, not even as a negative.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter, defaultdict
@@ -63,11 +62,7 @@ def build(
         "negatives": negatives,
         "queries": {split: len(rows) for split, rows in records.items()},
     }
-    with artifacts.staged_directory(out) as staging:
-        for split, rows in records.items():
-            lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            (staging / f"{split}.jsonl").write_text(lines, encoding="utf-8")
-        (staging / "meta.json").write_bytes(artifacts.json_bytes(meta))
+    artifacts.write_jsonl_directory(out, records, meta)
     print(
         f"relevance set {out}: {meta['queries']['train']} train and {meta['queries']['eval']} "
         f"held-out queries, 1 relevant {passage} passage + {negatives} negatives each"
