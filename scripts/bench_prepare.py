@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BASELINE = "af07bf3"
 BEAM_FLAGS = "--direct_running_mode=multi_processing --direct_num_workers={workers}"
 READ_ONCE = (
-    "import sys; from mlm_jax import sources; "
+    "import sys; from mlm_jax.data import sources; "
     "n = sum(1 for _ in sources.iter_documents([sys.argv[1]])); print(n, file=sys.stderr)"
 )
 

@@ -198,7 +198,8 @@ KILLED_SAVE = textwrap.dedent(
     """
     import sys
     import jax, jax.numpy as jnp
-    from mlm_jax import checkpoint, config
+    from mlm_jax import config
+    from mlm_jax.training import checkpoint
     every_step = config.from_dict({"train": {"checkpoint_every": 1}})
     ckpt = checkpoint.Checkpointer(sys.argv[1], every_step)
     small = {"w": jnp.ones((64, 32)), "big": jnp.zeros((4,))}
@@ -256,7 +257,8 @@ TWO_PROCESS_ROUND_TRIP = textwrap.dedent(
     from jax.sharding import NamedSharding, PartitionSpec as P
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
-    from mlm_jax import checkpoint, config
+    from mlm_jax import config
+    from mlm_jax.training import checkpoint
     every_step = config.from_dict({"train": {"checkpoint_every": 1}})
     expected = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
 

@@ -161,7 +161,8 @@ def test_same_batches_in_a_new_process(artifacts):
     script = textwrap.dedent(
         f"""
         import hashlib, json
-        from mlm_jax import config as config_lib, pipeline
+        from mlm_jax import config as config_lib
+        from mlm_jax.data import pipeline
         config = config_lib.from_dict(json.loads({json.dumps(config.model_dump(mode="json"))!r}))
         iterator = pipeline.make_train_iterator(config)
         hasher = hashlib.sha256()

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mlm_jax import artifacts
-from mlm_jax.bm25_index import Bm25Index
+from mlm_jax.data.bm25_index import Bm25Index
 from mlm_jax.errors import UserError
 
 _EXPECTED = 'one {"query": "...", "passage": "..."} object per line'

@@ -1,6 +1,6 @@
 """``mlm-jax search``: BM25 over a passage collection, then a cross-encoder re-ranks its top K.
 
-The two-stage job rerankers exist for. BM25 (:mod:`mlm_jax.bm25_index`, cached beside
+The two-stage job rerankers exist for. BM25 (:mod:`mlm_jax.data.bm25_index`, cached beside
 the collection) picks each query's ``top_k`` candidates from the whole collection; the
 reranker scores every (query, candidate) pair exactly as ``mlm-jax score`` would and
 orders them by that score, BM25's order breaking ties.
