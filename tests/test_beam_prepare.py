@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from mlm_jax.data import corpus, preparation, sources
+from mlm_jax.data import beam_prepare, corpus, preparation, sources
 from mlm_jax.errors import UserError
 
 TWO_WORKERS = "--direct_num_workers=2 --direct_running_mode=multi_processing"
@@ -172,3 +172,18 @@ def test_bad_beam_flags_are_one_line(tmp_path, inputs, flags, fragment):
     result = run_cli("data", "prepare", "--input", *inputs, "--out", out, *flags)
     assert fragment in _one_error_line(result)
     assert not out.exists()
+
+
+def test_an_empty_corpus_fails_cleanly_whichever_empty_split_is_reported_first():
+    """TFDS's writers race: an empty corpus may report validation first, then train."""
+    inputs = ["empty.txt"]
+    message = "The total number of generated examples is 0 for split {}. This should be >0!"
+    both = ("train", "validation")
+    validation_first = ValueError(message.format("validation"))
+    retry = beam_prepare._splits_after_failure(validation_first, both, inputs)
+    assert retry == ("train",)
+    for error, splits in [(message.format("validation"), retry), (message.format("train"), both)]:
+        with pytest.raises(UserError, match="no documents"):
+            beam_prepare._splits_after_failure(ValueError(error), splits, inputs)
+    with pytest.raises(KeyError):  # anything else is not ours to reword
+        beam_prepare._splits_after_failure(KeyError("x"), both, inputs)

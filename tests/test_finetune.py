@@ -343,9 +343,7 @@ def test_losses_by_hand():
         assert (correct, weight) == (1.0, 1.0)
     class_logits = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
     labels = {"labels": np.array([1, 0]), "weights": np.array([1.0, 1.0], np.float32)}
-    loss_sum, correct, weight = (
-        float(x) for x in losses.cross_entropy_sums(class_logits, labels)
-    )
+    loss_sum, correct, weight = (float(x) for x in losses.cross_entropy_sums(class_logits, labels))
     expected = sum(
         np.log(np.exp(row).sum()) - row[y] for row, y in zip(class_logits, [1, 0], strict=True)
     )

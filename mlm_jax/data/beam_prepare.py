@@ -210,21 +210,32 @@ def _build(staging, shards, text_field, valid_fraction, inputs, runner, options)
     known after reading; that happens for small corpora only, so rerunning is cheap.
     """
     splits = corpus.SPLITS if valid_fraction > 0 else ("train",)
-    try:
-        builder = _run(staging, shards, text_field, valid_fraction, splits, runner, options)
-    except Exception as error:  # the runner wraps worker failures in many types
-        user_error = _user_error_from(error)
-        if user_error is not None:
-            raise user_error from None
-        empty = _empty_split(error)
-        if empty is None:
-            raise
-        if empty == "train" or len(splits) == 1:
-            raise UserError(
-                f"no document of the inputs {inputs} fell into the train split (there are no "
-                "documents, or all fell into validation); pass more text or lower "
-                "--valid-fraction"
-            ) from None
-        print("warning: no document fell into validation; add text for one", file=sys.stderr)
-        builder = _run(staging, shards, text_field, valid_fraction, ("train",), runner, options)
-    return builder, builder.read_stats
+    while True:
+        try:
+            builder = _run(staging, shards, text_field, valid_fraction, splits, runner, options)
+        except Exception as error:  # the runner wraps worker failures in many types
+            splits = _splits_after_failure(error, splits, inputs)
+            continue
+        return builder, builder.read_stats
+
+
+def _splits_after_failure(error: Exception, splits: tuple[str, ...], inputs) -> tuple[str, ...]:
+    """The splits to retry with after a failed build, or the error to show the user.
+
+    Either empty split may be the one reported first (the writers race), so an empty
+    corpus can first drop validation and then fail again on train.
+    """
+    user_error = _user_error_from(error)
+    if user_error is not None:
+        raise user_error from None
+    empty = _empty_split(error)
+    if empty is None:
+        raise error
+    if empty == "train" or len(splits) == 1:
+        raise UserError(
+            f"no document of the inputs {inputs} fell into the train split (there are no "
+            "documents, or all fell into validation); pass more text or lower "
+            "--valid-fraction"
+        ) from None
+    print("warning: no document fell into validation; add text for one", file=sys.stderr)
+    return ("train",)
