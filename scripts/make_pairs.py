@@ -33,15 +33,30 @@ _QUOTED = re.compile(r'"[^"]*"')
 _MIN_PASSAGE_CHARS = 40
 
 
-def wordnet_pairs() -> Iterator[tuple[str, str]]:
-    """(single-sense word, its definition), one per synset that has such a word."""
+def _single_sense_words(with_examples: bool) -> Iterator[tuple[str, str]]:
+    """(a single-sense word of a synset, the synset's gloss) for every synset that has one."""
     synsets = list(wordnet.synsets())
     senses = Counter(lemma.lower() for s in synsets for lemma in set(s.lemmas))
     for synset in synsets:
-        definition = _QUOTED.sub("", synset.gloss).strip(" ;")
+        if with_examples and not _QUOTED.search(synset.gloss):
+            continue
         words = [w for w in synset.lemmas if senses[w.lower()] == 1 and w.isascii()]
-        if words and len(definition) >= _MIN_PASSAGE_CHARS:
-            yield words[0], definition
+        if words:
+            yield words[0], synset.gloss
+
+
+def wordnet_pairs() -> Iterator[tuple[str, str]]:
+    """(single-sense word, its definition): the gloss without its quoted examples."""
+    for word, gloss in _single_sense_words(with_examples=False):
+        definition = _QUOTED.sub("", gloss).strip(" ;")
+        if len(definition) >= _MIN_PASSAGE_CHARS:
+            yield word, definition
+
+
+def wordnet_usage_pairs() -> Iterator[tuple[str, str]]:
+    """(single-sense word, its whole gloss: the definition and the quoted examples that
+    use the word), for glosses that have examples."""
+    return _single_sense_words(with_examples=True)
 
 
 def _summary_and_body(doc: str) -> tuple[str, str] | None:
@@ -106,8 +121,32 @@ def _gcide_definition(entry: str) -> tuple[str, str] | None:
     return match.group("word").strip(), text
 
 
-def gcide_pairs() -> Iterator[tuple[str, str]]:
-    """(headword, its first Webster definition), one per dictionary entry."""
+def _quotations(entry: str) -> list[str]:
+    """The quoted lines right after an entry's first definition (Webster's usage examples),
+    without their attribution; a sub-entry, note or next sense ends them."""
+    quotes = []
+    for paragraph in entry.strip().split("\n\n")[1:]:
+        text = " ".join(paragraph.replace("[1913 Webster]", "").split())
+        quote, dashes, _author = text.rpartition(" --")
+        if not dashes or text.startswith(("{", "Note", "Syn.")) or text[:1].isdigit():
+            break
+        quotes.append(_outside_brackets(quote).strip())
+    return [q for q in quotes if q]
+
+
+def _gcide_usage(entry: str) -> tuple[str, str] | None:
+    """(headword, first definition followed by its quotations, quoted as WordNet's glosses
+    quote their examples); entries without a quotation are left out, as WordNet glosses
+    without examples are from the ``wn-glossex`` set."""
+    pair, quotes = _gcide_definition(entry), _quotations(entry)
+    if pair is None or not quotes:
+        return None
+    word, definition = pair
+    return word, "; ".join([definition.rstrip(". "), *(f'"{q}"' for q in quotes)])
+
+
+def _gcide_entries() -> Iterator[str]:
+    """Every entry of the dictionary once (several headwords share an entry)."""
     index, data = _GCIDE / "gcide.index", _GCIDE / "gcide.dict.dz"
     if not index.is_file() or not data.is_file():
         sys.exit(f"{index} not found; run `apt-get install dict-gcide`")
@@ -116,13 +155,27 @@ def gcide_pairs() -> Iterator[tuple[str, str]]:
     for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
         _, offset, length = line.split("\t")
         entries.add((_dictd_number(offset), _dictd_number(length)))
-    for offset, length in sorted(entries):  # several headwords share an entry: read it once
-        pair = _gcide_definition(raw[offset : offset + length].decode("utf-8", "replace"))
-        if pair:
-            yield pair
+    for offset, length in sorted(entries):
+        yield raw[offset : offset + length].decode("utf-8", "replace")
 
 
-SOURCES = {"wordnet": wordnet_pairs, "pydocs": pydocs_pairs, "gcide": gcide_pairs}
+def gcide_pairs() -> Iterator[tuple[str, str]]:
+    """(headword, its first Webster definition), one per dictionary entry."""
+    return filter(None, map(_gcide_definition, _gcide_entries()))
+
+
+def gcide_usage_pairs() -> Iterator[tuple[str, str]]:
+    """(headword, its first Webster definition and the quotations that illustrate it)."""
+    return filter(None, map(_gcide_usage, _gcide_entries()))
+
+
+SOURCES = {
+    "wordnet": wordnet_pairs,
+    "wordnet-usage": wordnet_usage_pairs,
+    "pydocs": pydocs_pairs,
+    "gcide": gcide_pairs,
+    "gcide-usage": gcide_usage_pairs,
+}
 
 
 def main() -> None:

@@ -1,0 +1,67 @@
+"""The dictionary parsing of ``scripts/make_pairs.py`` on entries in dictd's GCIDE format."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_pairs.py"
+
+
+@pytest.fixture(scope="module")
+def make_pairs():
+    spec = importlib.util.spec_from_file_location("make_pairs", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Shaped like the entries of /usr/share/dictd/gcide.dict.dz: headword line with the
+# pronunciation between backslashes, inflections in brackets, then paragraphs.
+QUOTED = (
+    'Retreat \\Re*treat"\\, v. i. [imp. & p. p. {Retreated}; p. pr. &\n'
+    "   vb. n. {Retreating}.]\n"
+    "   To make a retreat; to retire from any position or place; to\n"
+    "   withdraw; as, the defeated army retreated from the field.\n"
+    "   [1913 Webster]\n\n"
+    "         The rapid currents drive\n"
+    "         Towards the retreating sea their furious tide.\n"
+    "                                                  --Milton.\n"
+    "   [1913 Webster]\n\n"
+    "   {Retreating color}, a color that seems to recede.\n"
+    "      --Some Author.\n"
+    "   [1913 Webster]\n"
+)
+UNQUOTED = (
+    'Cockle \\Coc"kle\\, v. t. [imp. & p. p. {Cockled}.] [Of uncertian origin.]\n'
+    "   To cause to contract into wrinkles or ridges, as some kinds\n"
+    "   of cloth after a wetting.\n"
+    "   [1913 Webster]\n\n"
+    "   {Cockling sea}, waves dashing against each other with a short\n"
+    "      and quick motion. --Ham. Nav. Encyc.\n"
+    "      [1913 Webster]\n"
+)
+
+
+def test_definition_drops_pronunciation_inflections_and_part_of_speech(make_pairs):
+    word, definition = make_pairs._gcide_definition(QUOTED)
+    assert word == "Retreat"
+    assert definition == (
+        "To make a retreat; to retire from any position or place; to withdraw; "
+        "as, the defeated army retreated from the field."
+    )
+
+
+def test_usage_appends_the_quotation_and_stops_at_a_sub_entry(make_pairs):
+    word, passage = make_pairs._gcide_usage(QUOTED)
+    assert word == "Retreat"
+    assert passage.endswith(
+        'from the field; "The rapid currents drive Towards the retreating sea their furious tide."'
+    )
+    assert "Retreating color" not in passage and "Milton" not in passage
+
+
+def test_usage_leaves_out_an_entry_without_quotation(make_pairs):
+    assert make_pairs._gcide_definition(UNQUOTED)[0] == "Cockle"
+    assert make_pairs._quotations(UNQUOTED) == []
+    assert make_pairs._gcide_usage(UNQUOTED) is None
