@@ -217,7 +217,14 @@ def _train_and_evaluate(config, steps: int) -> tuple[float, object, object]:
     batches = pipeline.make_train_iterator(config)
     try:
         for _ in range(steps):
-            state, _ = train_step(state, sharding.host_batch_to_global(next(batches), mesh))
+            state, metrics = train_step(state, sharding.host_batch_to_global(next(batches), mesh))
+            # Wait for each step, as the training loop does (it fetches the metrics). Left
+            # to run ahead, the loop queues up to 32 steps per device, and XLA:CPU then
+            # deadlocks in the gradient all-reduce when its client thread pool is no larger
+            # than the device count (8 simulated devices on a 2-core CI machine): launches
+            # blocked on the full queues hold the threads that the queued steps need. After
+            # 40 s it aborts the process ("Termination timeout for `all reduce ...`").
+            jax.block_until_ready(metrics)
     finally:
         batches.close()
     evaluator = train.Evaluator(config, mesh, graphdef, shardings.params, num_batches=4)
@@ -270,8 +277,9 @@ def measure_numerics(run_inputs, steps: int = 300) -> dict:
 
 @pytest.mark.slow
 def test_bf16_training_tracks_fp32_on_real_text(run_inputs):
-    # In a child process: an abort inside XLA (seen intermittently with bf16 on XLA:CPU)
-    # then fails this test with its output instead of killing the pytest worker.
+    # In a child process: an abort inside XLA (once the run-ahead deadlock described in
+    # _train_and_evaluate) then fails this test with its output instead of killing the
+    # pytest worker.
     code = (
         "import json, sys; sys.path.insert(0, 'tests'); import test_precision as t; "
         "inputs = {'data': sys.argv[1], 'tokenizer': sys.argv[2]}; "
