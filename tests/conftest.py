@@ -47,65 +47,91 @@ def run_cli(*args, env=None, timeout=600, check=False):
     return result
 
 
+# The shared real text: the first SCENES Shakespeare scenes, one document each.
+SCENES = 60
+# The vocabulary of the shared tokenizer.
+VOCAB = 600
+
+
 @pytest.fixture(scope="session")
-def real_text(tmp_path_factory) -> Path:
-    """About 400 KB of Shakespeare as a plain text file (documents = scenes)."""
+def scenes() -> list[str]:
+    """The first ``SCENES`` built-in Shakespeare scenes, read once for the whole session.
+
+    Tests that need less text take a prefix, so every slice is the start of ``real_text``.
+    """
     from mlm_jax.data import sources
 
+    return list(sources.iter_documents(["builtin:shakespeare"]))[:SCENES]
+
+
+@pytest.fixture(scope="session")
+def real_text(scenes, tmp_path_factory) -> Path:
+    """About 475 KB of Shakespeare as a plain text file (documents = scenes)."""
     path = tmp_path_factory.mktemp("text") / "plays.txt"
-    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:60]
-    path.write_text("\n\n".join(docs), encoding="utf-8")
+    path.write_text("\n\n".join(scenes), encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="session")
 def run_inputs(real_text, tmp_path_factory) -> dict[str, Path]:
-    """A real tokenizer and TFDS dataset made through the CLI, shared by the run tests."""
+    """The shared tokenizer (``VOCAB`` pieces) and TFDS dataset of ``real_text``.
+
+    Made through the CLI, as a user would, and trained once per session: training is the
+    slow part, so every test that needs a real tokenizer takes this one.
+    """
     root = tmp_path_factory.mktemp("inputs")
-    run_cli("tokenizer", "train", "--input", real_text, "--vocab-size", 600,
+    run_cli("tokenizer", "train", "--input", real_text, "--vocab-size", VOCAB,
             "--out", root / "tok", check=True)  # fmt: skip
     run_cli("data", "prepare", "--input", real_text, "--out", root / "data",
             "--valid-fraction", 0.1, check=True)  # fmt: skip
     return {"tokenizer": root / "tok", "data": root / "data"}
 
 
-def write_config(path: Path, run_inputs: dict[str, Path], **sections) -> Path:
-    """A tiny BERT config over ``run_inputs``; keyword sections override fields."""
-    raw = {
-        "model": {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
-                  "vocab_size": 640, "max_position_embeddings": 64, "dropout_rate": 0.0,
-                  "attention_dropout_rate": 0.0},
-        "data": {"source": str(run_inputs["data"]), "tokenizer": str(run_inputs["tokenizer"]),
-                 "seq_len": 64},
-        "train": {"steps": 20, "global_batch_size": 16, "eval_every": 10, "eval_batches": 2,
-                  "log_every": 5, "checkpoint_every": 10},
-        "optim": {"learning_rate": 3e-3, "warmup_steps": 5},
-        "mesh": {"data": -1},
-    }  # fmt: skip
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 TINY_VOCAB, TINY_SEQ = 300, 32
 
+# The tiny model the config builders below start from: 2 layers of width 32.
+TINY = {
+    "model": {"num_layers": 2, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64,
+              "vocab_size": TINY_VOCAB, "max_position_embeddings": 64},
+    "data": {"seq_len": TINY_SEQ},
+    "train": {"global_batch_size": 8},
+}  # fmt: skip
 
-def tiny_config(*overrides: str):
-    """A 2-layer, width-32 config for in-process tests; ``overrides`` (KEY=VALUE) win."""
+# What a short run on the shared real data changes over TINY (see write_config).
+RUN = {
+    "model": {"num_heads": 2, "vocab_size": 640, "dropout_rate": 0.0,
+              "attention_dropout_rate": 0.0},
+    "data": {"seq_len": 64},
+    "train": {"steps": 20, "global_batch_size": 16, "eval_every": 10, "eval_batches": 2,
+              "log_every": 5, "checkpoint_every": 10},
+    "optim": {"learning_rate": 3e-3, "warmup_steps": 5},
+    "mesh": {"data": -1},
+}  # fmt: skip
+
+
+def config_dict(*layers: dict, overrides: tuple[str, ...] = ()) -> dict:
+    """``TINY`` as a raw mapping, each layer's sections merged over it field by field, then
+    the KEY=VALUE ``overrides``: the one place both config builders below get their fields."""
     from mlm_jax import config as config_lib
 
-    return config_lib.load(
-        None,
-        [
-            "model.num_layers=2",
-            "model.hidden_size=32",
-            "model.num_heads=4",
-            "model.intermediate_size=64",
-            f"model.vocab_size={TINY_VOCAB}",
-            "model.max_position_embeddings=64",
-            f"data.seq_len={TINY_SEQ}",
-            "train.global_batch_size=8",
-            *overrides,
-        ],
-    )
+    raw = {}
+    for layer in (TINY, *layers):
+        for section, values in layer.items():
+            raw.setdefault(section, {}).update(values)
+    config_lib.apply_overrides(raw, list(overrides))
+    return raw
+
+
+def tiny_config(*overrides: str, **sections: dict):
+    """The tiny config, in process; keyword ``sections`` then ``overrides`` (KEY=VALUE) win."""
+    from mlm_jax import config as config_lib
+
+    return config_lib.from_dict(config_dict(sections, overrides=overrides))
+
+
+def write_config(path: Path, run_inputs: dict[str, Path], **sections) -> Path:
+    """The tiny config as a short ``RUN`` over ``run_inputs``, written as YAML for the CLI;
+    keyword sections override fields."""
+    inputs = {"source": str(run_inputs["data"]), "tokenizer": str(run_inputs["tokenizer"])}
+    path.write_text(yaml.safe_dump(config_dict(RUN, {"data": inputs}, sections)))
+    return path

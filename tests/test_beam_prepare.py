@@ -18,16 +18,15 @@ TWO_WORKERS = "--direct_num_workers=2 --direct_running_mode=multi_processing"
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(scenes, tmp_path_factory):
     """~450 KB of Shakespeare and Python docstrings in four formats, in a directory."""
-    scenes = list(sources.iter_documents(["builtin:shakespeare"]))[:50]
     docstrings = [d for d in sources.iter_documents(["builtin:pydocs"]) if len(d) > 200][:300]
     root = tmp_path_factory.mktemp("beam_inputs")
     (root / "shards").mkdir()
     # Irregular blank lines, so byte ranges cut inside documents and between them.
     (root / "shards" / "plays.txt").write_text("\n\n\n".join(scenes[:30]) + "\n \n")
     with gzip.open(root / "shards" / "plays.jsonl.gz", "wt") as handle:
-        handle.writelines(json.dumps({"text": scene}) + "\n" for scene in scenes[30:])
+        handle.writelines(json.dumps({"text": scene}) + "\n" for scene in scenes[30:50])
     table = pa.table({"text": docstrings[:200]})
     pq.write_table(table, root / "shards" / "docs.parquet", row_group_size=25)
     (root / "shards" / "more.txt").write_text("\n\n".join(docstrings[200:]))

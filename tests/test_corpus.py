@@ -5,16 +5,16 @@ import os
 
 import pytest
 
-from mlm_jax.data import builtin_corpora, corpus, preparation, sources
+from mlm_jax.data import corpus, preparation, sources
 from mlm_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    documents = list(builtin_corpora.documents("shakespeare"))[:40]
+def text_file(scenes, tmp_path_factory):
+    """40 shared scenes and a 41st document; not ``real_text``, which must stay valid UTF-8."""
     path = tmp_path_factory.mktemp("text") / "plays.txt"
     # One line with bytes that are not UTF-8: counted and replaced, never fatal.
-    path.write_bytes("\n\n".join(documents).encode() + b"\n\nbroken \xff\xfe line\n")
+    path.write_bytes("\n\n".join(scenes[:40]).encode() + b"\n\nbroken \xff\xfe line\n")
     return str(path)
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 
 from mlm_jax import config as config_lib
 from mlm_jax import export
-from mlm_jax.data import pipeline, preparation, sources, tokenizer
+from mlm_jax.data import pipeline, preparation, tokenizer
 from mlm_jax.errors import UserError
 from mlm_jax.hf import names
 from mlm_jax.hf import reader as hf_import
@@ -47,39 +47,24 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    """A real SentencePiece tokenizer trained on a slice of Shakespeare."""
-    root = tmp_path_factory.mktemp("tok")
-    corpus = root / "plays.txt"
-    corpus.write_text("\n\n".join(list(sources.iter_documents(["builtin:shakespeare"]))[:40]))
-    tokenizer.train_tokenizer([str(corpus)], str(root / "tok"), vocab_size=500)
-    return root / "tok"
-
-
 def make_config(tokenizer_dir, family: str, source=None, **model) -> config_lib.Config:
-    raw = {
-        "model": {
-            "family": family,
-            "num_layers": 2,
-            "hidden_size": 64,
-            "num_heads": 4,
-            "intermediate_size": 96,
-            "vocab_size": 500,
-            "max_position_embeddings": 64,
-            "layer_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            **model,
-        },
-        "data": {
-            "tokenizer": str(tokenizer_dir),
-            "seq_len": 64,
-            **({"source": str(source)} if source else {}),
-        },
-        "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
-        "train": {"global_batch_size": 8},
-    }
-    return config_lib.from_dict(raw)
+    """The tiny config at width 64 over the shared tokenizer, on a 2x2x2 mesh."""
+    return conftest.tiny_config(
+        model={"family": family, "hidden_size": 64, "intermediate_size": 96,
+               "vocab_size": conftest.VOCAB, "layer_norm_eps": 1e-5, "rope_theta": 10000.0,
+               **model},
+        data={"tokenizer": str(tokenizer_dir), "seq_len": 64,
+              **({"source": str(source)} if source else {})},
+        mesh={"data": 2, "fsdp": 2, "tensor": 2},
+    )  # fmt: skip
+
+
+def imported_config(directory, tokenizer_dir, **model) -> config_lib.Config:
+    """The config of the transformers checkpoint in ``directory`` (``model`` fields win)."""
+    values = {**hf_import.hf_model_config(directory), **model}
+    return config_lib.from_dict(
+        {"model": values, "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32}}
+    )
 
 
 def perturbed_params(config: config_lib.Config, seed: int = 1):
@@ -111,11 +96,11 @@ def fake_run(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exports(tokenizer_dir, tmp_path_factory):
+def exports(run_inputs, tmp_path_factory):
     """One verified export per family, and the params it came from."""
     made = {}
     for family in ("bert", "modern"):
-        config = make_config(tokenizer_dir, family)
+        config = make_config(run_inputs["tokenizer"], family)
         _, params = perturbed_params(config)
         out = tmp_path_factory.mktemp("exports") / family
         export.write_pretrained(config, params, out, manifest={"run": family})
@@ -167,16 +152,16 @@ def test_export_logits_match_transformers(exports, family):
 
 
 @pytest.fixture(scope="module")
-def real_batch(tokenizer_dir, tmp_path_factory):
+def real_batch(run_inputs, real_text, tmp_path_factory):
     """One training batch from the real pipeline, packed and masked (15%, 80/10/10) as
     training sees it. Its text is the tokenizer's Shakespeare cut into documents of three
     lines, short enough that rows pack several of them."""
     root = tmp_path_factory.mktemp("data")
-    lines = [x for x in (tokenizer_dir.parent / "plays.txt").read_text().splitlines() if x.strip()]
+    lines = [x for x in real_text.read_text().splitlines() if x.strip()]
     documents = ["\n".join(lines[i : i + 3]) for i in range(0, 600, 3)]
     (root / "short.txt").write_text("\n\n".join(documents))
     preparation.prepare([str(root / "short.txt")], str(root / "data"), valid_fraction=0.0)
-    config = make_config(tokenizer_dir, "bert", source=root / "data")
+    config = make_config(run_inputs["tokenizer"], "bert", source=root / "data")
     batches = pipeline.make_train_iterator(config)
     try:
         return next(batches)
@@ -249,9 +234,9 @@ def test_mlm_loss_matches_transformers_loss_with_labels(exports, real_batch, fam
     assert float(per_target.std()) / len(per_target) > 10 * TOLERANCE * ours
 
 
-def test_export_run_writes_verified_directory(tokenizer_dir, fake_run, tmp_path, capsys):
+def test_export_run_writes_verified_directory(run_inputs, fake_run, tmp_path, capsys):
     """Through export_run: sharded params on an 8-device mesh are gathered and verified."""
-    config = make_config(tokenizer_dir, "bert")
+    config = make_config(run_inputs["tokenizer"], "bert")
     mesh = sharding.make_mesh(config)
     graphdef, params, shardings = encoder_lib.create_sharded_model(config, mesh, 3)
     host = jax.tree.map(np.asarray, params)
@@ -268,7 +253,7 @@ def test_export_run_writes_verified_directory(tokenizer_dir, fake_run, tmp_path,
     assert saved["config"]["model"] == config.model.model_dump(mode="json")
     hf_config = json.loads((out / "config.json").read_text())
     assert hf_config["architectures"] == ["BertForMaskedLM"]
-    assert hf_config["vocab_size"] == 500
+    assert hf_config["vocab_size"] == conftest.VOCAB
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
@@ -330,8 +315,8 @@ def test_fill_mask_top_k(exports):
 
 
 @pytest.mark.parametrize("family", ["bert", "modern"])
-def test_state_dict_round_trip(tokenizer_dir, family):
-    config = make_config(tokenizer_dir, family)
+def test_state_dict_round_trip(run_inputs, family):
+    config = make_config(run_inputs["tokenizer"], family)
     _, params = perturbed_params(config, seed=5)
     tensors = names.to_hf_state_dict(config, params)
     back = names.from_hf_state_dict(config, tensors)
@@ -365,14 +350,11 @@ def _perturb_torch(model, seed=0):
     return model.eval()
 
 
-def test_import_bert_for_masked_lm(tmp_path, tokenizer_dir):
+def test_import_bert_for_masked_lm(tmp_path, run_inputs):
     torch.manual_seed(0)
     hf_model = _perturb_torch(transformers.BertForMaskedLM(_hf_bert_config()))
     hf_model.save_pretrained(tmp_path / "hf")
-    model_values = hf_import.hf_model_config(tmp_path / "hf")
-    config = config_lib.from_dict(
-        {"model": model_values, "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32}}
-    )
+    config = imported_config(tmp_path / "hf", run_inputs["tokenizer"])
     params = hf_import.load_hf_checkpoint(tmp_path / "hf", config)
     rng = np.random.default_rng(0)
     ids, mask = padded_batch([rng.integers(5, 300, n).tolist() for n in (12, 7)])
@@ -395,16 +377,11 @@ def test_import_bert_for_masked_lm(tmp_path, tokenizer_dir):
         np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
-def test_import_bert_model_initializes_missing_head(tmp_path, tokenizer_dir, caplog):
+def test_import_bert_model_initializes_missing_head(tmp_path, run_inputs, caplog):
     torch.manual_seed(1)
     hf_model = _perturb_torch(transformers.BertModel(_hf_bert_config(), add_pooling_layer=True))
     hf_model.save_pretrained(tmp_path / "base")
-    config = config_lib.from_dict(
-        {
-            "model": hf_import.hf_model_config(tmp_path / "base"),
-            "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32},
-        }
-    )
+    config = imported_config(tmp_path / "base", run_inputs["tokenizer"])
     with caplog.at_level(logging.WARNING, logger="mlm_jax.export"):
         params = hf_import.load_hf_checkpoint(tmp_path / "base", config)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -434,12 +411,9 @@ def test_import_bert_model_initializes_missing_head(tmp_path, tokenizer_dir, cap
     assert np.abs(theirs - mine)[mask.astype(bool)].max() <= TOLERANCE
 
 
-def test_import_rejects_mismatched_config(tmp_path, tokenizer_dir):
+def test_import_rejects_mismatched_config(tmp_path, run_inputs):
     transformers.BertForMaskedLM(_hf_bert_config()).save_pretrained(tmp_path / "hf")
-    values = {**hf_import.hf_model_config(tmp_path / "hf"), "hidden_size": 64, "num_layers": 3}
-    config = config_lib.from_dict(
-        {"model": values, "data": {"tokenizer": str(tokenizer_dir), "seq_len": 32}}
-    )
+    config = imported_config(tmp_path / "hf", run_inputs["tokenizer"], hidden_size=64, num_layers=3)
     with pytest.raises(UserError, match=r"model\.num_layers=3 .*model\.hidden_size=64 "):
         hf_import.load_hf_checkpoint(tmp_path / "hf", config)
 
@@ -474,12 +448,13 @@ TWO_PROCESS_EXPORT = textwrap.dedent(
 )
 
 
-def test_two_processes_gather_and_one_writes(tmp_path, tokenizer_dir):
+def test_two_processes_gather_and_one_writes(tmp_path, run_inputs):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     args = [str(tmp_path), f"127.0.0.1:{port}"]
+    tokenizer_dir = run_inputs["tokenizer"]
     children = [
         subprocess.Popen(
             [sys.executable, "-c", TWO_PROCESS_EXPORT, *args, str(pid), str(tokenizer_dir)],

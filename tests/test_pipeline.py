@@ -7,13 +7,13 @@ import subprocess
 import sys
 import textwrap
 
+import conftest
 import numpy as np
 import pytest
 from test_masking import check_masked_batch
 from test_packing import check_packed_rows
 
-from mlm_jax import config as config_lib
-from mlm_jax.data import builtin_corpora, corpus, masking, peek, pipeline, preparation, tokenizer
+from mlm_jax.data import corpus, masking, peek, pipeline, preparation, tokenizer
 from mlm_jax.errors import UserError
 
 SEQ_LEN = 64
@@ -21,32 +21,28 @@ BATCH = 16
 STREAMS = 4
 
 
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory):
-    """A text file, a SentencePiece tokenizer and a prepared dataset, made by the code."""
+@pytest.fixture(scope="module")
+def artifacts(scenes, run_inputs, tmp_path_factory):
+    """The shared tokenizer and a dataset prepared by the code from the first 30 scenes.
+
+    Half the shared text, not all of it: the epoch tests read whole epochs and must cross one
+    within their steps.
+    """
     root = tmp_path_factory.mktemp("pipeline")
-    documents = list(builtin_corpora.documents("shakespeare"))[:30]
     text = root / "plays.txt"
-    text.write_text("\n\n".join(documents))
-    tokenizer.train_tokenizer([str(text)], str(root / "tok"), vocab_size=600)
+    text.write_text("\n\n".join(scenes[:30]))
     preparation.prepare([str(text)], str(root / "data"), valid_fraction=0.1)
-    return {"text": str(text), "tokenizer": str(root / "tok"), "data": str(root / "data")}
+    return {"tokenizer": str(run_inputs["tokenizer"]), "data": str(root / "data")}
 
 
 def make_config(artifacts, **data):
-    raw = {
-        "model": {"vocab_size": 640},
-        "data": {
-            "source": artifacts["data"],
-            "tokenizer": artifacts["tokenizer"],
-            "seq_len": SEQ_LEN,
-            "num_streams": STREAMS,
-            "prefetch_batches": 0,
-            **data,
-        },
-        "train": {"global_batch_size": BATCH, "seed": 7},
-    }
-    return config_lib.from_dict(raw)
+    """The tiny config over ``artifacts`` with a fixed seed; ``data`` fields win."""
+    return conftest.tiny_config(
+        model={"vocab_size": 640},
+        data={"source": artifacts["data"], "tokenizer": artifacts["tokenizer"],
+              "seq_len": SEQ_LEN, "num_streams": STREAMS, "prefetch_batches": 0, **data},
+        train={"global_batch_size": BATCH, "seed": 7},
+    )  # fmt: skip
 
 
 def take(iterator, steps):

@@ -12,10 +12,7 @@ import pytest
 from mlm_jax.data import sources
 from mlm_jax.errors import UserError
 
-
-@pytest.fixture(scope="module")
-def scenes():
-    return list(sources.iter_documents(["builtin:shakespeare"]))[:40]
+MESSY_SCENES = 40  # the shared scenes the messy files hold
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +22,14 @@ def messy_files(scenes, tmp_path_factory):
     rng = random.Random(0)
     root = tmp_path_factory.mktemp("messy")
     parts = [b"\n\n"]
-    for number, scene in enumerate(scenes):
+    for number, scene in enumerate(scenes[:MESSY_SCENES]):
         ending = "\r\n" if number % 7 == 0 else "\n"
         parts.append(scene.replace("\n", ending).encode())
         parts.append(rng.choice([b"\n\n", b"\n  \n", b"\n\n\n\n", b"\r\n\r\n", b"\n \t\n\n"]))
     parts.append(b"bad \xff bytes\nand its next line\n")
     text = root / "plays.txt"
     text.write_bytes(b"".join(parts))
-    records = [{"text": s} if n % 5 else {"other": s} for n, s in enumerate(scenes)]
+    records = [{"text": s} if n % 5 else {"other": s} for n, s in enumerate(scenes[:MESSY_SCENES])]
     jsonl = root / "plays.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
     return [str(text), str(jsonl)]
@@ -66,7 +63,9 @@ def test_positions_are_byte_offsets_of_documents(messy_files):
 def test_jsonl_positions_and_skipped_lines(messy_files, scenes):
     stats = sources.ReadStats()
     documents = list(sources.read_shard(sources.Shard(0, messy_files[1]), "text", stats))
-    assert [text for _, text in documents] == [s for n, s in enumerate(scenes) if n % 5]
+    assert [text for _, text in documents] == [
+        s for n, s in enumerate(scenes[:MESSY_SCENES]) if n % 5
+    ]
     assert stats.skipped_records == 8
 
 

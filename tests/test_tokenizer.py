@@ -4,12 +4,14 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import VOCAB
 
 from mlm_jax.data import sources, tokenizer
 from mlm_jax.errors import UserError
@@ -22,25 +24,8 @@ UNICODE_LINES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    """A real slice of Shakespeare written to a plain text file."""
-    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
-    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:120]
-    path.write_text("\n\n".join(docs), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(corpus_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok") / "tok"
-    meta = tokenizer.train_tokenizer([str(corpus_file)], str(out), vocab_size=1000)
-    return out, meta
-
-
-def test_special_ids_fixed(trained):
-    out, _ = trained
-    tok = tokenizer.load(out)
+def test_special_ids_fixed(run_inputs):
+    tok = tokenizer.load(run_inputs["tokenizer"])
     pieces = [tok.id_to_piece(i) for i in range(5)]
     assert pieces == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     text = "The capital of [MASK] is Paris.[SEP]"
@@ -48,8 +33,8 @@ def test_special_ids_fixed(trained):
     assert tok.encode_with_specials(text).tolist() == expected
 
 
-def test_unicode_round_trip_with_byte_fallback(trained):
-    tok = tokenizer.load(trained[0])
+def test_unicode_round_trip_with_byte_fallback(run_inputs):
+    tok = tokenizer.load(run_inputs["tokenizer"])
     ids = tok.encode_batch(UNICODE_LINES)
     assert all(row.dtype == np.int32 for row in ids)
     for line, row in zip(UNICODE_LINES, ids, strict=True):
@@ -57,37 +42,38 @@ def test_unicode_round_trip_with_byte_fallback(trained):
         assert tok.decode(row) == " ".join(line.split())  # NFKC keeps these; spaces collapse
 
 
-def test_retraining_is_byte_identical(trained, corpus_file, tmp_path):
-    out, _ = trained
+def test_retraining_is_byte_identical(run_inputs, real_text, tmp_path):
+    """In process, the shared tokenizer's text and vocabulary give the CLI's very model."""
+    out = run_inputs["tokenizer"]
     again = tmp_path / "again"
-    tokenizer.train_tokenizer([str(corpus_file)], str(again), vocab_size=1000)
+    tokenizer.train_tokenizer([str(real_text)], str(again), vocab_size=VOCAB)
     assert (again / "spm.model").read_bytes() == (out / "spm.model").read_bytes()
 
 
-def test_meta_consistent_with_model(trained, corpus_file):
-    out, meta = trained
+def test_meta_consistent_with_model(run_inputs, real_text):
+    out = run_inputs["tokenizer"]
     on_disk = json.loads((out / "meta.json").read_text())
     tok = tokenizer.load(out)
-    assert on_disk["vocab_size"] == tok.vocab_size == 1000
+    assert on_disk["vocab_size"] == tok.vocab_size == VOCAB
     assert on_disk["special_ids"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
-    assert on_disk["input_fingerprint"] == sources.fingerprint([str(corpus_file)])
+    assert on_disk["input_fingerprint"] == sources.fingerprint([str(real_text)])
     assert on_disk["model_type"] == "unigram" and on_disk["byte_fallback"] is True
     assert on_disk["sentencepiece_version"]
 
 
-def test_lowercase_and_bpe(corpus_file, tmp_path):
+def test_lowercase_and_bpe(real_text, tmp_path):
     tokenizer.train_tokenizer(
-        [str(corpus_file)], str(tmp_path / "bpe"), 800, model_type="bpe", lowercase=True
+        [str(real_text)], str(tmp_path / "bpe"), 800, model_type="bpe", lowercase=True
     )
     tok = tokenizer.load(tmp_path / "bpe")
     assert tok.decode(tok.encode("HAMLET Speaks")) == "hamlet speaks"
 
 
-def test_inputs_gz_bz2_jsonl_and_directories(tmp_path):
+def test_inputs_gz_bz2_jsonl_and_directories(scenes, tmp_path):
     import bz2
     import gzip
 
-    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:6]
+    docs = scenes[:6]
     folder = tmp_path / "mixed" / "nested"
     folder.mkdir(parents=True)
     with gzip.open(folder / "a.txt.gz", "wt") as f:
@@ -117,8 +103,8 @@ def test_non_utf8_bytes_are_counted(tmp_path):
         ("small_vocab", "too small"),
     ],
 )
-def test_bad_inputs(tmp_path, corpus_file, setup, fragment):
-    inputs, vocab = [str(corpus_file)], 1000
+def test_bad_inputs(tmp_path, real_text, setup, fragment):
+    inputs, vocab = [str(real_text)], VOCAB
     if setup == "missing":
         inputs = [str(tmp_path / "nope.txt")]
     elif setup == "empty":
@@ -134,13 +120,13 @@ def test_bad_inputs(tmp_path, corpus_file, setup, fragment):
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_retrain_keeps_existing_output(trained, tmp_path, corpus_file):
+def test_failed_retrain_keeps_existing_output(run_inputs, real_text, tmp_path):
     out = tmp_path / "keep"
-    tokenizer.train_tokenizer([str(corpus_file)], str(out), vocab_size=1000)
+    shutil.copytree(run_inputs["tokenizer"], out)  # a copy: the shared tokenizer stays as it is
     before = (out / "spm.model").read_bytes()
     result = subprocess.run(
         [sys.executable, "-m", "mlm_jax.cli", "tokenizer", "train", "--input",
-         str(corpus_file), "--vocab-size", "60000", "--out", str(out)],
+         str(real_text), "--vocab-size", "60000", "--out", str(out)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
@@ -198,23 +184,23 @@ def test_memory_stays_bounded_on_a_corpus_20x_the_sample(tmp_path):
     assert (meta["sampled_sentences"], meta["seen_sentences"]) == (keep, 20 * keep)
 
 
-def test_trains_from_a_prepared_dataset_directory(corpus_file, tmp_path):
-    from mlm_jax.data import corpus, preparation
+def test_trains_from_a_prepared_dataset_directory(run_inputs, real_text, tmp_path):
+    from mlm_jax.data import corpus
 
-    preparation.prepare([str(corpus_file)], str(tmp_path / "ds"), valid_fraction=0.2)
-    meta = tokenizer.train_tokenizer([str(tmp_path / "ds")], str(tmp_path / "tok"), 800)
-    train_texts = list(corpus.open_split(str(tmp_path / "ds"), "train").iter_texts())
+    dataset = str(run_inputs["data"])  # prepared from real_text, a tenth held out
+    meta = tokenizer.train_tokenizer([dataset], str(tmp_path / "tok"), 800)
+    train_texts = list(corpus.open_split(dataset, "train").iter_texts())
     lines = [line for text in train_texts for line in text.splitlines() if line.strip()]
     # Only the train split is read: validation text stays unseen by the tokenizer.
-    assert meta["seen_sentences"] == len(lines) < len(list(sources.iter_lines([str(corpus_file)])))
+    assert meta["seen_sentences"] == len(lines) < len(list(sources.iter_lines([str(real_text)])))
     assert tokenizer.load(tmp_path / "tok").vocab_size == 800
 
 
-def test_trains_from_a_glob_of_parquet_files(tmp_path):
+def test_trains_from_a_glob_of_parquet_files(scenes, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    docs = list(sources.iter_documents(["builtin:shakespeare"]))[:40]
+    docs = scenes[:40]
     for number in range(2):
         table = pa.table({"body": docs[number * 20 : number * 20 + 20]})
         pq.write_table(table, tmp_path / f"part-{number}.parquet", row_group_size=7)
