@@ -150,8 +150,11 @@ def main() -> None:
     )
     parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE)
     parser.add_argument("--vocab-size", type=int, default=8000)
-    parser.add_argument("--workdir", help="make the scratch directory under this one (a disk "
-                        "with room for ~3x --megabytes; default: the system's temp dir)")
+    parser.add_argument(
+        "--workdir",
+        help="make the scratch directory under this one (a disk "
+        "with room for ~3x --megabytes; default: the system's temp dir)",
+    )
     args = parser.parse_args()
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
