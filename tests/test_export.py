@@ -510,3 +510,20 @@ def test_fill_mask_on_a_transformers_bert_directory(tmp_path):
         backend.id_to_token(int(i)) or "[UNK]" for i in best
     ]
     np.testing.assert_allclose([p for _, p in predictions[0]], probabilities[best], atol=TOLERANCE)
+
+
+def test_tokenizer_of_a_whole_model_directory_copies_only_tokenizer_files(exports, tmp_path):
+    """``data.tokenizer`` may name a model directory (``hf:`` fine-tuning of a
+    sentence-transformers checkpoint): weights, its model configs and the pooling folder
+    stay behind; the tokenizer's files are copied unchanged."""
+    config, _, out = exports["bert"]
+    model_dir = tmp_path / "st-model"
+    (model_dir / "1_Pooling").mkdir(parents=True)
+    for name in hf_tokenizer.TOKENIZER_FILES:
+        (model_dir / name).write_bytes((out / name).read_bytes())
+    (model_dir / "vocab.txt").write_text("[PAD]\n")
+    for name in ("model.safetensors", "config.json", "modules.json", "README.md"):
+        (model_dir / name).write_text("{}")
+    files = hf_tokenizer.hf_tokenizer_files(model_dir, config)
+    assert sorted(files) == sorted([*hf_tokenizer.TOKENIZER_FILES, "vocab.txt"])
+    assert files["tokenizer.json"] == (out / "tokenizer.json").read_bytes()

@@ -21,6 +21,8 @@ from mlm_jax.hf.spm_model_file import read_model_file
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _OUR_TOKENIZER_FILES = ("spm.model", "meta.json")
+# What else a Hugging Face tokenizer may keep beside TOKENIZER_FILES (WordPiece, BPE).
+_HF_VOCABULARY_FILES = ("vocab.txt", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 def hf_tokenizer_files(tokenizer_dir: str | os.PathLike, config: Config) -> dict[str, bytes]:
@@ -28,8 +30,13 @@ def hf_tokenizer_files(tokenizer_dir: str | os.PathLike, config: Config) -> dict
     directory = Path(tokenizer_dir)
     if not (directory / "spm.model").is_file():
         tokenizer_lib.load(directory)  # raises the usual UserError when there is none
-        files = {name: (directory / name).read_bytes() for name in os.listdir(directory)}
-        files = {k: v for k, v in files.items() if k.endswith((".json", ".txt"))}
+        # Only the tokenizer's own files: the directory may be a whole model (weights, model
+        # configs, a sentence-transformers pooling folder), which the export must not copy.
+        files = {
+            name: (directory / name).read_bytes()
+            for name in (*TOKENIZER_FILES, *_HF_VOCABULARY_FILES)
+            if (directory / name).is_file()
+        }
         if "tokenizer_config.json" not in files:
             files["tokenizer_config.json"] = artifacts.json_bytes(_tokenizer_config(config))
         return files
