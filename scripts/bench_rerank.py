@@ -48,22 +48,12 @@ def bi_encoder(path: str, lists):
 
 
 def reranker(path: str, lists, seq_len: int | None):
-    """Scores as ``mlm-jax score`` computes them, rows cut at ``seq_len`` if given (short
-    pairs then cost less than at the training length)."""
-    import jax
+    """Scores as ``mlm-jax score`` computes them, rows cut at ``seq_len`` if given."""
+    from mlm_jax.inference import scoring
 
-    from mlm_jax.inference import loading
-    from mlm_jax.model import sharding
-    from mlm_jax.training.finetune import Scorer
-
-    model = loading.load(path)
-    config = model.config
-    config.data.seq_len = seq_len or config.data.seq_len
-    mesh = sharding.make_mesh(config)
-    shardings = jax.tree.map(lambda x: x.sharding, model.params)
-    scorer = Scorer(config, mesh, model.graphdef, shardings, model.tokenizer, chunk_rows=64)
+    score = scoring.load_reranker(path, chunk_rows=64, seq_len=seq_len)
     pairs = [(query, r["passage"]) for query, rows in lists.items() for r in rows]
-    return _split(scorer(model.params, pairs)[:, 0], lists)
+    return _split(score(pairs), lists)
 
 
 def main() -> None:

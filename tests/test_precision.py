@@ -7,11 +7,7 @@ step, forward and backward, must take bf16 operands, and in fp32 mode f32 ones.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import conftest
 import jax
@@ -277,20 +273,7 @@ def measure_numerics(run_inputs, steps: int = 300) -> dict:
 
 @pytest.mark.slow
 def test_bf16_training_tracks_fp32_on_real_text(run_inputs):
-    # In a child process: an abort inside XLA (once the run-ahead deadlock described in
-    # _train_and_evaluate) then fails this test with its output instead of killing the
-    # pytest worker.
-    code = (
-        "import json, sys; sys.path.insert(0, 'tests'); import test_precision as t; "
-        "inputs = {'data': sys.argv[1], 'tokenizer': sys.argv[2]}; "
-        "print(json.dumps(t.measure_numerics(inputs)))"
-    )
-    child = subprocess.run(
-        [sys.executable, "-c", code, str(run_inputs["data"]), str(run_inputs["tokenizer"])],
-        capture_output=True, text=True, timeout=1200, cwd=Path(__file__).resolve().parent.parent,
-    )  # fmt: skip
-    assert child.returncode == 0, child.stderr[-3000:]
-    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result = measure_numerics(run_inputs)
     losses = result["losses"]
     print(f"eval loss after 300 steps: {losses}; gradients: {result['grad_relative']:.4f}")
     assert losses["float32"] < 5.8  # it learned (ln 640 = 6.46 at the start)

@@ -16,8 +16,11 @@ from mlm_jax.model.cross_encoder import num_outputs
 from mlm_jax.training.finetune import Scorer
 
 
-def load_reranker(path: str, chunk_rows: int = 32):
-    """``score(pairs) -> [N] logits`` of the reranker at ``path``; refuses other models."""
+def load_reranker(path: str, chunk_rows: int = 32, seq_len: int | None = None):
+    """``score(pairs) -> [N] logits`` of the reranker at ``path``; refuses other models.
+
+    ``seq_len`` cuts rows shorter than the training length: short pairs then cost less.
+    """
     directory = Path(path)
     if not any((directory / name).is_file() for name in ("mlm_jax.json", "config.yaml")):
         raise UserError(
@@ -30,6 +33,7 @@ def load_reranker(path: str, chunk_rows: int = 32):
     if num_outputs(config) != 1:
         raise UserError(f"{path} is a {config.finetune.num_labels}-class classifier; score ranks "
                         "with a reranker (finetune.task: rerank)")  # fmt: skip
+    config.data.seq_len = seq_len or config.data.seq_len
     mesh = sharding.make_mesh(config)
     param_shardings = jax.tree.map(lambda x: x.sharding, model.params)
     scorer = Scorer(config, mesh, model.graphdef, param_shardings, model.tokenizer, chunk_rows)
