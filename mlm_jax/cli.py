@@ -162,7 +162,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from mlm_jax.training import pretrain as train
 
     _start_distributed(args)
-    train.evaluate_run(args.workdir, step=args.step, batches=args.batches)
+    train.evaluate_run(
+        args.workdir, step=args.step, batches=args.batches, mask_rate=args.mask_rate
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -309,6 +311,10 @@ def _run_parsers(commands) -> None:
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--step", type=int, help="checkpoint step (default newest)")
     evaluate.add_argument("--batches", type=int, help="validation batches (default from config)")
+    evaluate.add_argument(
+        "--mask-rate", type=float,
+        help="score at this mask rate instead of the run's own (compare recipes at one rate)",
+    )  # fmt: skip
     _add_distributed_args(evaluate)
     evaluate.set_defaults(handler=_cmd_eval)
 

@@ -115,6 +115,7 @@ CASES = [
     # eval / export / predict
     ("eval-not-a-run", lambda w, t: ["eval", "--workdir", t], r"run directory|config\.yaml"),
     ("eval-missing-step", lambda w, t: ["eval", "--workdir", w["run"], "--step", 999], r"999"),
+    ("eval-mask-rate-above-one", lambda w, t: ["eval", "--workdir", w["run"], "--mask-rate", 1.5], r"--mask-rate 1\.5"),
     ("eval-truncated-checkpoint", lambda w, t: ["eval", "--workdir", _truncated(w["run"], t / "r"), "--step", 4], r"checkpoint|damaged|corrupt|truncat"),
     ("export-out-exists", lambda w, t: ["export", "--workdir", w["run"], "--out", w["export"], "--no-verify"], r"force"),
     ("export-not-a-run", lambda w, t: ["export", "--workdir", t, "--out", t / "e"], r"run directory|config\.yaml"),

@@ -113,6 +113,9 @@ def read_token(tokenizer, token: int, previous: int | None) -> Reading:
 def print_fill_mask(path: str | os.PathLike, text: str, top_k: int = 5) -> None:
     """Print each ``[MASK]``'s candidates as words, and the text filled with the top-1.
 
+    The filled text takes, per mask, the most probable candidate that reads as text: a
+    bare word-start piece ranks high in small vocabularies, but one slot cannot hold the
+    rest of the word it starts, so it would fill the mask with nothing.
     A candidate that continues the word before the mask (a suffix, or punctuation)
     is shown as the word it makes, e.g. ``sweet,`` with a note, rather than as a bare
     piece.
@@ -122,11 +125,12 @@ def print_fill_mask(path: str | os.PathLike, text: str, top_k: int = 5) -> None:
     pieces = _MASK_IN_TEXT.split(text)
     filled = pieces[0]
     masked = [i for i, token in enumerate(ids) if token == tokenizer.mask_id]
+    chosen: list[int] = []
     for number, (position, candidates) in enumerate(zip(masked, predictions, strict=True)):
-        # An earlier mask right before this one reads as its top-1 token.
+        # An earlier mask right before this one reads as the token chosen for it.
         previous = ids[position - 1]
         if previous == tokenizer.mask_id:
-            previous = predictions[number - 1][0][0]
+            previous = chosen[-1]
         words = filled.split()
         before = words[-1] if words else ""  # [MASK] swallows the space before it
         print(f"[MASK] {number + 1} of {len(predictions)}:")
@@ -136,7 +140,12 @@ def print_fill_mask(path: str | os.PathLike, text: str, top_k: int = 5) -> None:
             if reading.joins_previous and before:
                 shown = f"{before}{reading.text}   (continues {before!r})"
             print(f"  {probability:7.2%}  {shown}")
-        best = read_token(tokenizer, candidates[0][0], previous)
+        token = next(
+            (t for t, _ in candidates if read_token(tokenizer, t, previous).text),
+            candidates[0][0],
+        )
+        chosen.append(token)
+        best = read_token(tokenizer, token, previous)
         filled += best.text if best.joins_previous or not filled else " " + best.text
         filled += pieces[number + 1]
     print("top-1: " + filled.strip())

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from mlm_jax import distributed
 from mlm_jax.data import baselines, pipeline
 from mlm_jax.data import tokenizer as tokenizer_lib
+from mlm_jax.errors import UserError
 from mlm_jax.model import encoder as model
 from mlm_jax.model import sharding
 from mlm_jax.training import loop, runs, step
@@ -134,9 +135,19 @@ def _evaluate(evaluator, params, label: str) -> dict:
     return metrics
 
 
-def evaluate_run(workdir: str, step: int | None = None, batches: int | None = None) -> dict:
-    """``mlm-jax eval``: validation loss, accuracy and perplexity of a run's checkpoint."""
+def evaluate_run(
+    workdir: str, step: int | None = None, batches: int | None = None,
+    mask_rate: float | None = None,
+) -> dict:
+    """``mlm-jax eval``: validation loss, accuracy and perplexity of a run's checkpoint.
+
+    ``mask_rate`` scores at another rate than the run trained with: accuracy depends on
+    how much of each row is hidden, so recipes trained at different rates are compared
+    at one.
+    """
     config, graphdef, params = runs.restore_params(workdir, step)
+    if mask_rate is not None:
+        config = _at_mask_rate(config, mask_rate)
     tokenizer_lib.load(config.data.tokenizer)
     mesh = sharding.make_mesh(config)
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
@@ -145,5 +156,14 @@ def evaluate_run(workdir: str, step: int | None = None, batches: int | None = No
     )
     result = evaluator(params)
     if distributed.is_primary():
-        print(json.dumps({"workdir": str(workdir), **{k: round(v, 6) for k, v in result.items()}}))
+        scores = {k: round(v, 6) for k, v in result.items()}
+        print(json.dumps({"workdir": str(workdir), "mask_rate": config.data.mask_rate, **scores}))
     return result
+
+
+def _at_mask_rate(config, mask_rate: float):
+    """The run's config with another mask rate and the prediction slots sized for it."""
+    if not 0.0 < mask_rate < 1.0:
+        raise UserError(f"--mask-rate {mask_rate} must be in (0, 1); e.g. 0.15")
+    data = config.data.model_copy(update={"mask_rate": mask_rate, "max_predictions": None})
+    return config.model_copy(update={"data": data})
