@@ -162,9 +162,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from mlm_jax.training import pretrain as train
 
     _start_distributed(args)
-    train.evaluate_run(
-        args.workdir, step=args.step, batches=args.batches, mask_rate=args.mask_rate
-    )
+    train.evaluate_run(args.workdir, step=args.step, batches=args.batches, mask_rate=args.mask_rate)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -103,17 +103,18 @@ def builder_class():
     import tensorflow_datasets as tfds
 
     class MlmJaxCorpus(tfds.core.GeneratorBasedBuilder):
-        """Documents of local text files; ``train``/``validation`` split by text hash."""
+        """Documents of local text files; ``train``/``validation`` split by text hash.
+
+        It names and describes the dataset; the examples come from elsewhere: the
+        single-process build writes its shards itself (:mod:`.tfds_writer`), the Beam
+        build subclasses it with Beam generators (:mod:`.beam_prepare`).
+        """
 
         VERSION = tfds.core.Version(BUILDER_VERSION)
         RELEASE_NOTES = {BUILDER_VERSION: "Documents from mlm_jax.data.sources, split by sha256."}
         # No checksums or metadata files live beside this code; without this TFDS
         # probes the package resources and needs the optional importlib_resources.
         code_path = None
-
-        def __init__(self, *, spills=None, **kwargs):
-            self._spills = dict(spills or {})
-            super().__init__(**kwargs)
 
         def _info(self):
             return tfds.core.DatasetInfo(
@@ -125,12 +126,10 @@ def builder_class():
             )
 
         def _split_generators(self, dl_manager):
-            # TFDS refuses to write a split without examples, so empty ones are left out.
-            return {split: self._generate_examples(path) for split, path in self._spills.items()}
+            raise NotImplementedError("written by tfds_writer or the Beam subclass")
 
-        def _generate_examples(self, path):
-            for key, text in read_spill(path):
-                yield key, {"text": text, "doc_id": key}
+        def _generate_examples(self, *args):
+            raise NotImplementedError("written by tfds_writer or the Beam subclass")
 
     _BUILDER_CLASS = MlmJaxCorpus
     return MlmJaxCorpus
@@ -162,12 +161,16 @@ def write_spills(
     return paths, counts, stats
 
 
-def read_spill(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """The ``(doc_id, text)`` records :func:`write_spills` wrote, in order."""
+def spill_index(path: Path) -> Iterator[tuple[int, int, int]]:
+    """``(doc_id, offset, size)`` of each text :func:`write_spills` wrote, in order."""
     with open(path, "rb", buffering=1 << 20) as handle:
+        offset = 0
         while header := handle.read(_SPILL_HEADER.size):
             key, size = _SPILL_HEADER.unpack(header)
-            yield key, handle.read(size).decode("utf-8")
+            offset += _SPILL_HEADER.size
+            yield key, offset, size
+            handle.seek(size, os.SEEK_CUR)
+            offset += size
 
 
 class _Progress:
@@ -218,16 +221,16 @@ def download_and_prepare(builder, staging: Path, **download_options) -> None:
 def build_single_process(
     staging: Path, shards, text_field: str, valid_fraction: float, inputs: list[str]
 ):
-    """Build in this process: one pass over the inputs into scratch files, then TFDS."""
+    """Build in this process: one pass over the inputs into scratch files, then the shards."""
+    from mlm_jax.data import tfds_writer
+
     spill_dir = staging / "spill"
     paths, counts, stats = write_spills(shards, text_field, valid_fraction, spill_dir)
     check_split_counts(counts, valid_fraction, inputs)
-    builder = builder_class()(
-        spills={split: str(paths[split]) for split in SPLITS if counts[split]},
-        data_dir=str(staging),
-        file_format="array_record",
-    )
-    download_and_prepare(builder, staging)
+    builder = builder_class()(data_dir=str(staging), file_format="array_record")
+    # TFDS refuses a split without examples, so empty ones are left out here too.
+    spills = {split: paths[split] for split in SPLITS if counts[split]}
+    tfds_writer.write_dataset(builder, spills, spill_index)
     shutil.rmtree(spill_dir, ignore_errors=True)
     return builder, stats
 

@@ -136,7 +136,9 @@ def _evaluate(evaluator, params, label: str) -> dict:
 
 
 def evaluate_run(
-    workdir: str, step: int | None = None, batches: int | None = None,
+    workdir: str,
+    step: int | None = None,
+    batches: int | None = None,
     mask_rate: float | None = None,
 ) -> dict:
     """``mlm-jax eval``: validation loss, accuracy and perplexity of a run's checkpoint.
