@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -35,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mlm_jax.data import sources
+from mlm_jax.data import sources, tfds_writer
 from mlm_jax.errors import UserError
 
 BUILDER_NAME = "mlm_jax_corpus"
@@ -51,7 +49,6 @@ POSITION_BITS = 40
 _MAX_INPUTS = 1 << (63 - POSITION_BITS)
 # Per-shard size when Beam cuts large inputs into slices for its workers.
 DEFAULT_SHARD_BYTES = 64 << 20
-_SPILL_HEADER = struct.Struct("<qI")
 _PROGRESS_SECONDS = 5.0
 
 
@@ -140,37 +137,21 @@ _BUILDER_CLASS = None
 
 def write_spills(
     shards: list[sources.Shard], text_field: str, valid_fraction: float, directory: Path
-) -> tuple[dict[str, Path], dict[str, int], sources.ReadStats]:
-    """Read every shard once, appending each document to its split's scratch file."""
+) -> tuple[dict[str, tfds_writer.SplitSpill], sources.ReadStats]:
+    """Read every shard once, serializing each document into its split's scratch file."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {split: directory / f"{split}.bin" for split in SPLITS}
-    counts = dict.fromkeys(SPLITS, 0)
+    spills = {split: tfds_writer.SplitSpill(directory / f"{split}.records") for split in SPLITS}
     stats = sources.ReadStats()
     progress = _Progress()
-    handles = {split: open(path, "wb") for split, path in paths.items()}  # noqa: SIM115
     try:
         for shard in shards:
             for split, key, text in shard_examples(shard, text_field, valid_fraction, stats):
-                data = text.encode("utf-8")
-                handles[split].write(_SPILL_HEADER.pack(key, len(data)) + data)
-                counts[split] += 1
+                spills[split].add(key, text)
                 progress.maybe_report(stats)
     finally:
-        for handle in handles.values():
-            handle.close()
-    return paths, counts, stats
-
-
-def spill_index(path: Path) -> Iterator[tuple[int, int, int]]:
-    """``(doc_id, offset, size)`` of each text :func:`write_spills` wrote, in order."""
-    with open(path, "rb", buffering=1 << 20) as handle:
-        offset = 0
-        while header := handle.read(_SPILL_HEADER.size):
-            key, size = _SPILL_HEADER.unpack(header)
-            offset += _SPILL_HEADER.size
-            yield key, offset, size
-            handle.seek(size, os.SEEK_CUR)
-            offset += size
+        for spill in spills.values():
+            spill.close()
+    return spills, stats
 
 
 class _Progress:
@@ -222,15 +203,14 @@ def build_single_process(
     staging: Path, shards, text_field: str, valid_fraction: float, inputs: list[str]
 ):
     """Build in this process: one pass over the inputs into scratch files, then the shards."""
-    from mlm_jax.data import tfds_writer
-
     spill_dir = staging / "spill"
-    paths, counts, stats = write_spills(shards, text_field, valid_fraction, spill_dir)
-    check_split_counts(counts, valid_fraction, inputs)
+    spills, stats = write_spills(shards, text_field, valid_fraction, spill_dir)
+    check_split_counts(
+        {split: len(spill) for split, spill in spills.items()}, valid_fraction, inputs
+    )
     builder = builder_class()(data_dir=str(staging), file_format="array_record")
     # TFDS refuses a split without examples, so empty ones are left out here too.
-    spills = {split: paths[split] for split in SPLITS if counts[split]}
-    tfds_writer.write_dataset(builder, spills, spill_index)
+    tfds_writer.write_dataset(builder, {split: s for split, s in spills.items() if len(s)})
     shutil.rmtree(spill_dir, ignore_errors=True)
     return builder, stats
 
