@@ -1,6 +1,6 @@
 """Building the corpus dataset with Apache Beam, through TFDS's own Beam support.
 
-The builder here is :mod:`mlm_jax.data.corpus`'s builder with Beam generators: its
+The builder is :mod:`mlm_jax.data.corpus`'s, whose generators are a Beam pipeline: its
 ``_split_generators`` reads every input shard once, in parallel, into one shared
 collection of ``(split, (doc_id, example))``, and its ``_generate_examples``
 returns the Beam transform that keeps one split's examples. TFDS's ``BeamWriter``
@@ -16,19 +16,17 @@ Flink, Spark), given a staging path every worker can read and write.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import re
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from mlm_jax.data import corpus, sources
+from mlm_jax.data import corpus
 from mlm_jax.errors import UserError
 
-_COUNTERS = "mlm_jax"
 # Beam workers log every bundle at INFO; keep their stderr for errors unless asked.
 _HARNESS_LOG_FLAG = "--default_sdk_harness_log_level"
 # TFDS's Beam writer fails a split that received no example with this message.
@@ -99,70 +97,9 @@ def engine(runner_name: str, options: str | None) -> Callable:
     return build
 
 
-def read_examples(shard: sources.Shard, text_field: str, valid_fraction: float) -> Iterator:
-    """One shard's ``(split, (doc_id, example))``; its read counts go to Beam counters."""
-    from apache_beam.metrics import Metrics
-
-    stats = sources.ReadStats()
-    for split, key, text in corpus.shard_examples(shard, text_field, valid_fraction, stats):
-        yield split, (key, {"text": text, "doc_id": key})
-    for field in dataclasses.fields(stats):
-        Metrics.counter(_COUNTERS, field.name).inc(getattr(stats, field.name))
-
-
-def examples_of(element, split: str) -> Iterator:
-    if element[0] == split:
-        yield element[1]
-
-
-def _builder_class():
-    import apache_beam as beam
-
-    base = corpus.builder_class()
-
-    class MlmJaxCorpusBeam(base, skip_registration=True):
-        """The corpus builder with Beam generators; writes a dataset named like its base."""
-
-        name = corpus.BUILDER_NAME
-
-        def __init__(self, *, shards, text_field, valid_fraction, splits, **kwargs):
-            self._shards = list(shards)
-            self._text_field = text_field
-            self._valid_fraction = valid_fraction
-            self._splits = tuple(splits)
-            self.read_stats = sources.ReadStats()
-            super().__init__(**kwargs)
-
-        def _split_generators(self, dl_manager, pipeline):
-            # Reshuffle breaks fusion with Create, so shards spread over the workers.
-            examples = (
-                pipeline
-                | "Shards" >> beam.Create(self._shards)
-                | "Spread" >> beam.Reshuffle()
-                | "Read" >> beam.FlatMap(read_examples, self._text_field, self._valid_fraction)
-            )
-            return {
-                split: examples | f"Select_{split}" >> self._generate_examples(split)
-                for split in self._splits
-            }
-
-        def _generate_examples(self, split):
-            return beam.FlatMap(examples_of, split)
-
-        def _process_pipeline_result(self, pipeline_result):
-            from apache_beam.metrics.metric import MetricsFilter
-
-            query = MetricsFilter().with_namespace(_COUNTERS)
-            for counter in pipeline_result.metrics().query(query)["counters"]:
-                value = counter.committed if counter.committed is not None else counter.attempted
-                setattr(self.read_stats, counter.key.metric.name, value)
-
-    return MlmJaxCorpusBeam
-
-
 def _run(staging: Path, shards, text_field, valid_fraction, splits, runner, options):
     shutil.rmtree(staging / corpus.BUILDER_NAME, ignore_errors=True)  # a failed attempt's
-    builder = _builder_class()(
+    builder = corpus.builder_class()(
         shards=shards,
         text_field=text_field,
         valid_fraction=valid_fraction,

@@ -22,6 +22,7 @@ TFDS dataset already prepared as ArrayRecord in ``data.data_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -50,6 +51,8 @@ _MAX_INPUTS = 1 << (63 - POSITION_BITS)
 # Per-shard size when Beam cuts large inputs into slices for its workers.
 DEFAULT_SHARD_BYTES = 64 << 20
 _PROGRESS_SECONDS = 5.0
+# The Beam counters the workers report read statistics under.
+BEAM_COUNTERS = "mlm_jax"
 
 
 def validation_score(text: str) -> float:
@@ -102,9 +105,11 @@ def builder_class():
     class MlmJaxCorpus(tfds.core.GeneratorBasedBuilder):
         """Documents of local text files; ``train``/``validation`` split by text hash.
 
-        It names and describes the dataset; the examples come from elsewhere: the
-        single-process build writes its shards itself (:mod:`.tfds_writer`), the Beam
-        build subclasses it with Beam generators (:mod:`.beam_prepare`).
+        Its generators are a Beam pipeline (``download_and_prepare`` with a Beam runner,
+        :mod:`.beam_prepare`): every input shard is read once, in parallel, into one
+        collection of ``(split, (doc_id, example))``, and each split keeps its own. The
+        single-process build constructs it without shards, for its name and metadata, and
+        writes the shards itself (:mod:`.tfds_writer`).
         """
 
         VERSION = tfds.core.Version(BUILDER_VERSION)
@@ -112,6 +117,15 @@ def builder_class():
         # No checksums or metadata files live beside this code; without this TFDS
         # probes the package resources and needs the optional importlib_resources.
         code_path = None
+
+        def __init__(self, *, shards=(), text_field="text", valid_fraction=0.0, splits=SPLITS,
+                     **kwargs):  # fmt: skip
+            self._shards = list(shards)
+            self._text_field = text_field
+            self._valid_fraction = valid_fraction
+            self._splits = tuple(splits)
+            self.read_stats = sources.ReadStats()
+            super().__init__(**kwargs)
 
         def _info(self):
             return tfds.core.DatasetInfo(
@@ -122,14 +136,53 @@ def builder_class():
                 ),
             )
 
-        def _split_generators(self, dl_manager):
-            raise NotImplementedError("written by tfds_writer or the Beam subclass")
+        def _split_generators(self, dl_manager, pipeline):
+            import apache_beam as beam
 
-        def _generate_examples(self, *args):
-            raise NotImplementedError("written by tfds_writer or the Beam subclass")
+            # Reshuffle breaks fusion with Create, so shards spread over the workers.
+            examples = (
+                pipeline
+                | "Shards" >> beam.Create(self._shards)
+                | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.FlatMap(read_examples, self._text_field, self._valid_fraction)
+            )
+            return {
+                split: examples | f"Select_{split}" >> self._generate_examples(split)
+                for split in self._splits
+            }
+
+        def _generate_examples(self, split):
+            import apache_beam as beam
+
+            return beam.FlatMap(examples_of, split)
+
+        def _process_pipeline_result(self, pipeline_result):
+            from apache_beam.metrics.metric import MetricsFilter
+
+            query = MetricsFilter().with_namespace(BEAM_COUNTERS)
+            for counter in pipeline_result.metrics().query(query)["counters"]:
+                value = counter.committed if counter.committed is not None else counter.attempted
+                setattr(self.read_stats, counter.key.metric.name, value)
 
     _BUILDER_CLASS = MlmJaxCorpus
     return MlmJaxCorpus
+
+
+# Beam workers run these by reference, so they live at module level.
+def read_examples(shard: sources.Shard, text_field: str, valid_fraction: float) -> Iterator:
+    """One shard's ``(split, (doc_id, example))``; its read counts go to Beam counters."""
+    from apache_beam.metrics import Metrics
+
+    stats = sources.ReadStats()
+    for split, key, text in shard_examples(shard, text_field, valid_fraction, stats):
+        yield split, (key, {"text": text, "doc_id": key})
+    for field in dataclasses.fields(stats):
+        Metrics.counter(BEAM_COUNTERS, field.name).inc(getattr(stats, field.name))
+
+
+def examples_of(element, split: str) -> Iterator:
+    if element[0] == split:
+        yield element[1]
 
 
 _BUILDER_CLASS = None

@@ -134,18 +134,14 @@ def print_fill_mask(path: str | os.PathLike, text: str, top_k: int = 5) -> None:
         words = filled.split()
         before = words[-1] if words else ""  # [MASK] swallows the space before it
         print(f"[MASK] {number + 1} of {len(predictions)}:")
-        for token, probability in candidates:
-            reading = read_token(tokenizer, token, previous)
+        readings = [(token, read_token(tokenizer, token, previous)) for token, _ in candidates]
+        for (_, reading), (_, probability) in zip(readings, candidates, strict=True):
             shown = reading.text or "(start of a word spelled piece by piece)"
             if reading.joins_previous and before:
                 shown = f"{before}{reading.text}   (continues {before!r})"
             print(f"  {probability:7.2%}  {shown}")
-        token = next(
-            (t for t, _ in candidates if read_token(tokenizer, t, previous).text),
-            candidates[0][0],
-        )
+        token, best = next(((t, r) for t, r in readings if r.text), readings[0])
         chosen.append(token)
-        best = read_token(tokenizer, token, previous)
         filled += best.text if best.joins_previous or not filled else " " + best.text
         filled += pieces[number + 1]
     print("top-1: " + filled.strip())
