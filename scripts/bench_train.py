@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="config YAML (default: built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (at least 20)")
+    parser.add_argument("--hlo-out", default=None, help="also write the compiled step's HLO here")
     args = parser.parse_args()
     config = config_lib.load(args.config, args.set)
     steps = max(args.steps, 20)
@@ -66,6 +67,9 @@ def main() -> None:
     started = time.perf_counter()
     compiled = train_step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - started
+    if args.hlo_out:
+        with open(args.hlo_out, "w") as out:
+            out.write(compiled.as_text())
     state, metrics = compiled(state, batches[0])  # warm-up: first-run allocations
     jax.block_until_ready(metrics)
 
@@ -91,6 +95,11 @@ def main() -> None:
                 "overrides": args.set,
                 "family": config.model.family,
                 "dtype": config.model.dtype,
+                "attention": model_lib.attention_path(
+                    config.model.attention_kernel,
+                    precision.compute_dtype(config.model.dtype),
+                    config.model.attention_dropout_rate,
+                ),
                 "params": model_lib.param_count(config),
                 "global_batch_size": config.train.global_batch_size,
                 "seq_len": config.data.seq_len,

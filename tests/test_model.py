@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mlm_jax import config as config_lib
+from mlm_jax.errors import UserError
 from mlm_jax.model import encoder as model_lib
 
 VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
@@ -291,3 +293,30 @@ def test_matches_hugging_face_logits(family):
     with torch.no_grad():
         theirs = hf(input_ids=_t(ids).long(), attention_mask=_t(segments > 0).long()).logits
     np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_path_follows_dtype_dropout_and_backend():
+    """auto: XLA's kernel for fp32, cuDNN's fused one only for bf16 on a GPU, and the
+    products written out whenever dropout applies; explicit and cudnn are obeyed."""
+    on_gpu = jax.default_backend() == "gpu"
+    assert model_lib.attention_path("auto", jnp.float32, 0.0) == "xla"
+    assert model_lib.attention_path("auto", jnp.float32, 0.1) == "explicit"
+    assert model_lib.attention_path("auto", jnp.bfloat16, 0.1) == "explicit"
+    assert model_lib.attention_path("auto", jnp.bfloat16, 0.0) == (
+        "cudnn" if on_gpu else "explicit"
+    )
+    assert model_lib.attention_path("explicit", jnp.float32, 0.0) == "explicit"
+    assert model_lib.attention_path("cudnn", jnp.bfloat16, 0.0) == "cudnn"
+
+
+def test_cudnn_attention_needs_bf16_without_attention_dropout():
+    for bad in (
+        ["model.dtype=float32"],
+        ["model.dtype=bfloat16", "model.attention_dropout_rate=0.1"],
+    ):
+        with pytest.raises(UserError, match="attention_kernel=cudnn needs"):
+            config_lib.load(None, ["model.attention_kernel=cudnn", *bad])
+    config_lib.load(
+        None,
+        ["model.attention_kernel=cudnn", "model.dtype=bfloat16", "model.attention_dropout_rate=0"],
+    )

@@ -180,6 +180,28 @@ def test_low_precision_einsum_gradients_follow_the_policy():
     assert len(products) == 3 and all(p[0] == ("bf16", "bf16") for p in products), products
 
 
+# Shaped like XLA:GPU's compiled text: products handed to cuBLAS and cuDNN are custom
+# calls with tuple outputs; other custom calls are not products.
+GPU_HLO = """\
+%a = bf16[64,768]{1,0} parameter(0)
+%w = f32[768,768]{1,0} parameter(1)
+%q = bf16[2,512,12,64]{3,2,1,0} parameter(2)
+%custom-call.3 = (bf16[64,768]{1,0}, s8[4194304]{0}) custom-call(%a, %w), \
+custom_call_target="__cublas$gemm", metadata={op_name="jit(step)/dense"}
+%custom-call.4 = (bf16[2,512,12,64]{3,2,1,0}, f32[2,12,512]{2,1,0}) custom-call(%q, %q, %q), \
+custom_call_target="__cudnn$fmhaScaleBiasSoftmax", metadata={op_name="jit(step)/attention"}
+%custom-call.5 = f32[8]{0} custom-call(%w), custom_call_target="Sharding"
+"""
+
+
+def test_library_products_of_a_gpu_program_are_counted():
+    assert precision.matrix_products(GPU_HLO) == [
+        (("bf16", "f32"), "jit(step)/dense", (64, 768)),
+        (("bf16", "bf16"), "jit(step)/attention", (2, 512, 12, 64)),
+    ]
+    assert precision.operand_dtype_counts(GPU_HLO) == {"bf16xf32": 1, "bf16xbf16": 1}
+
+
 def test_an_einsum_without_an_einsum_gradient_is_refused():
     with pytest.raises(ValueError, match="no einsum form"):
         precision.einsum("ij,jk->k", jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.bfloat16)

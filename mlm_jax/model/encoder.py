@@ -146,19 +146,41 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
     return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
 
 
-def attention(q, k, v, mask, *, dtype, dropout_rate: float, key: jax.Array | None):
+def attention(q, k, v, mask, *, dtype, dropout_rate: float, key, kernel: str = "auto"):
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
-    fp32 without attention dropout uses ``jax.nn.dot_product_attention``. Everything
-    else takes the explicit path: ``dot_product_attention`` has no dropout on the
-    probabilities, and its XLA backward runs the two products on float32 cotangents,
-    which would put bf16 training back on the fp32 units. Both paths compute the same
-    function (tested). Returns float32.
+    Three paths compute the same function (tested on CPU; the fused one on a GPU by
+    ``scripts/bench_gpu.sh``), chosen by :func:`attention_path`. Returns float32.
     """
-    if dtype == jnp.float32 and (key is None or dropout_rate == 0.0):
-        q, k, v = (t.astype(dtype) for t in (q, k, v))
-        return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(jnp.float32)
-    return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
+    path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0)
+    if path == "explicit":
+        return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
+    q, k, v = (t.astype(dtype) for t in (q, k, v))
+    implementation = "cudnn" if path == "cudnn" else None
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return out.astype(jnp.float32)
+
+
+def attention_path(kernel: str, dtype, dropout_rate: float) -> str:
+    """Which attention implementation a layer traces: ``explicit``, ``xla`` or ``cudnn``.
+
+    * fp32 without dropout: ``jax.nn.dot_product_attention`` (XLA's own lowering).
+    * bf16 on a GPU without dropout: cuDNN's fused flash-attention kernel. Its forward
+      and backward products take bf16 operands and accumulate in fp32 inside the
+      kernel, as the policy asks, and the ``[B, H, L, L]`` scores never reach memory,
+      which at sequence 512 is most of the step's memory traffic.
+    * everything else: the products written out under the precision policy.
+      ``dot_product_attention`` has no dropout on the probabilities, and its XLA
+      backward runs both products on float32 cotangents, which would put bf16 training
+      back on the fp32 units.
+    """
+    if kernel != "auto":
+        return kernel
+    if dropout_rate > 0.0:
+        return "explicit"
+    if dtype == jnp.float32:
+        return "xla"
+    return "cudnn" if jax.default_backend() == "gpu" else "explicit"
 
 
 def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key: jax.Array | None):
@@ -209,7 +231,14 @@ class BertBlock(nnx.Module):
         attn_key, attn_out_key, mlp_key = _split_key(key, 3)
         q, k, v = (proj(x).reshape(heads) for proj in (self.query, self.key, self.value))
         a = attention(
-            q, k, v, mask, dtype=self.dtype, dropout_rate=cfg.attention_dropout_rate, key=attn_key
+            q,
+            k,
+            v,
+            mask,
+            dtype=self.dtype,
+            dropout_rate=cfg.attention_dropout_rate,
+            key=attn_key,
+            kernel=cfg.attention_kernel,
         )
         a = self.attention_output(a.reshape(x.shape))  # [B, L, D]
         x = self.attention_norm(x + dropout(a, cfg.dropout_rate, attn_out_key))
@@ -245,7 +274,14 @@ class ModernBlock(nnx.Module):
         q, k, v = (qkv[:, :, j].reshape(heads) for j in range(3))
         q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
         a = attention(
-            q, k, v, mask, dtype=self.dtype, dropout_rate=cfg.attention_dropout_rate, key=attn_key
+            q,
+            k,
+            v,
+            mask,
+            dtype=self.dtype,
+            dropout_rate=cfg.attention_dropout_rate,
+            key=attn_key,
+            kernel=cfg.attention_kernel,
         )
         a = self.Wo(a.reshape(x.shape))
         x = x + dropout(a, cfg.attention_dropout_rate, attn_out_key)  # HF attn.out_drop

@@ -122,18 +122,23 @@ def _canonical_product(x: str, y: str, out: str) -> tuple[bool, str]:
 
 # ----------------------------------------------------------------------------- inspection
 
-_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\w+)\[")
-_PRODUCT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s(dot|convolution)\(([^)]*)\)")
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*\(?(\w+)\[")
+_PRODUCT = re.compile(r"=\s*\(?\w+\[([\d,]*)\][^(=]*\s(dot|convolution|custom-call)\(([^)]*)\)")
+# On a GPU, XLA hands most products to libraries: cuBLAS GEMMs and cuDNN's fused
+# attention appear as custom calls, whose first two operands are the multiplied ones.
+_LIBRARY_PRODUCT = re.compile(r'custom_call_target="(__cublas\$[\w$]*|__cudnn\$fmha[\w$]*)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_OPERAND = re.compile(r"%([\w.\-]+)")
 
 
 def matrix_products(hlo_text: str) -> list[tuple[tuple[str, ...], str, tuple[int, ...]]]:
-    """``(operand dtypes, op name, output shape)`` of every dot/convolution in compiled HLO.
+    """``(operand dtypes, op name, output shape)`` of every matrix product in compiled HLO.
 
     How the policy is checked where speed cannot show it (a CPU without bf16 units):
-    the compiled program says which precision each product really runs in. Compiled HLO
-    prints operands by name only, so dtypes come from the definitions (instruction names
-    are unique within a module).
+    the compiled program says which precision each product really runs in. Products
+    are ``dot``/``convolution`` instructions, and on a GPU also the cuBLAS and cuDNN
+    custom calls. Compiled HLO prints operands by name only, so dtypes come from the
+    definitions (instruction names are unique within a module).
     """
     dtypes = {}
     for line in hlo_text.splitlines():
@@ -141,13 +146,15 @@ def matrix_products(hlo_text: str) -> list[tuple[tuple[str, ...], str, tuple[int
             dtypes[match.group(1)] = match.group(2)
     products = []
     for line in hlo_text.splitlines():
-        if match := _PRODUCT.search(line):
-            operands = [name.strip().lstrip("%") for name in match.group(3).split(",")]
-            op_name = _OP_NAME.search(line)
-            shape = tuple(int(d) for d in match.group(1).split(",") if d)
-            products.append(
-                (tuple(dtypes[o] for o in operands), op_name.group(1) if op_name else line, shape)
-            )
+        match = _PRODUCT.search(line)
+        if not match or (match.group(2) == "custom-call" and not _LIBRARY_PRODUCT.search(line)):
+            continue
+        operands = _OPERAND.findall(match.group(3))[:2]
+        op_name = _OP_NAME.search(line)
+        shape = tuple(int(d) for d in match.group(1).split(",") if d)
+        products.append(
+            (tuple(dtypes[o] for o in operands), op_name.group(1) if op_name else line, shape)
+        )
     return products
 
 
