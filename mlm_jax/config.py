@@ -92,6 +92,13 @@ class DataConfig(_Section):
     )
     seq_len: int = Field(128, ge=8, description="tokens per packed row")
     mask_rate: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of tokens to predict")
+    eval_mask_rate: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="mask rate of evaluation (default: mask_rate); fix it, e.g. 0.15, to "
+        "compare recipes trained at different rates on one task",
+    )
     mask_token_fraction: float = Field(
         0.8, ge=0.0, le=1.0, description="of the chosen tokens, the share replaced by [MASK]"
     )

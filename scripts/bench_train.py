@@ -116,6 +116,8 @@ def main() -> None:
                 # Which precision the step's matrix products really run in (compiled HLO).
                 "products": precision.operand_dtype_counts(compiled.as_text()),
                 "device_kind": jax.devices()[0].device_kind,
+                # JAX_THREEFRY_GPU_KERNEL_LOWERING: random bits from one kernel on GPUs.
+                "threefry_gpu_kernel": bool(jax.config.jax_threefry_gpu_kernel_lowering),
                 "device_count": jax.device_count(),
                 "jax_version": jax.__version__,
             }

@@ -55,17 +55,25 @@ def test_recipe_learns_context(recipe_run):
     assert metrics["eval/mlm_accuracy"] > metrics["baseline/majority_accuracy"] + 0.05, metrics
 
 
-def test_eval_at_another_mask_rate(recipe_run):
-    """`--mask-rate` scores the run at another rate than it trained with (0.3), so recipes
-    trained at different rates compare at one; the floor is taken on the same tokens."""
+def test_eval_reads_at_the_fixed_rate_and_mask_rate_overrides_it(recipe_run):
+    """The recipe trains at 30% but evaluates at its `data.eval_mask_rate` (15%), so
+    recipes trained at different rates compare on one task; `--mask-rate` reads at any
+    other rate, and the floor is taken on the same tokens."""
     own = json.loads(run_cli("eval", "--workdir", recipe_run, "--batches", 20, check=True)
                      .stdout.strip().splitlines()[-1])  # fmt: skip
-    result = run_cli("eval", "--workdir", recipe_run, "--batches", 20, "--mask-rate", 0.15,
+    result = run_cli("eval", "--workdir", recipe_run, "--batches", 20, "--mask-rate", 0.3,
                      check=True)  # fmt: skip
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    assert own["mask_rate"] == 0.3 and metrics["mask_rate"] == 0.15
-    assert 0.4 < metrics["eval/tokens"] / own["eval/tokens"] < 0.6, (metrics, own)
+    assert own["mask_rate"] == 0.15 and metrics["mask_rate"] == 0.3
+    assert 0.4 < own["eval/tokens"] / metrics["eval/tokens"] < 0.6, (metrics, own)
     assert metrics["eval/loss"] <= metrics["baseline/unigram_loss"] - MARGIN, metrics
+    # The training loop's own final evaluation read the same tokens: the fixed rate.
+    logged = [json.loads(line) for line in (recipe_run / "metrics.jsonl").read_text().splitlines()]
+    final = [m for m in logged if "eval/tokens" in m][-1]
+    ten = json.loads(run_cli("eval", "--workdir", recipe_run, "--batches", 10, check=True)
+                     .stdout.strip().splitlines()[-1])  # fmt: skip
+    assert final["eval/tokens"] == ten["eval/tokens"], (final, ten)
+    assert abs(final["eval/loss"] - ten["eval/loss"]) < 1e-3, (final, ten)
 
 
 def test_recipe_uses_context_when_every_target_is_masked(recipe_run):

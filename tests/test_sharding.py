@@ -4,6 +4,7 @@ import conftest
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,6 +48,16 @@ def test_create_sharded_model_places_each_parameter_by_its_axes():
     assert kernel.sharding.spec == P("fsdp", "tensor")
     assert jax.tree.structure(params) == jax.tree.structure(shardings)
     sharding.assert_params_sharded(params, mesh, min_size=1024)
+
+
+def test_sharded_init_is_the_module_its_seed_builds():
+    """The jitted initializer takes the seed's key as an input (so XLA has no constant
+    initializer to fold), and still builds the weights ``nnx.Rngs(seed)`` builds."""
+    config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    _, sharded, _ = encoder_lib.create_sharded_model(config, sharding.make_mesh(config), 3)
+    eager = nnx.split(encoder_lib.Encoder(config.model, rngs=nnx.Rngs(3)))[1]
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(eager), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_sharded_init_is_the_same_model_on_any_mesh():

@@ -450,12 +450,11 @@ def create_sharded_model(config: Config, mesh, rngs_seed: int):
     whose arrays are already distributed (never fully on one device).
     """
 
-    def init():
-        return nnx.split(Encoder(config.model, rngs=nnx.Rngs(rngs_seed)))[1]
-
     graphdef, abstract_params = abstract_encoder(config.model)
     shardings = sharding.tree_shardings(abstract_params, mesh)
-    params = jax.jit(init, out_shardings=shardings)()
+    params = sharding.init_sharded(
+        lambda rngs: Encoder(config.model, rngs=rngs), rngs_seed, shardings
+    )
     return graphdef, params, shardings
 
 

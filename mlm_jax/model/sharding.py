@@ -89,6 +89,21 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
     )
 
 
+def init_sharded(build, seed: int, shardings: Any) -> nnx.State:
+    """The parameters of ``build(rngs)``, initialized straight into ``shardings``.
+
+    The seed's key is an argument of the jitted initializer, not a constant inside it:
+    one compilation serves every seed, and XLA is given no input-free constant
+    expression to fold at compile time. ``nnx.Rngs(seed)`` makes the same key, so the
+    values are those of ``build(nnx.Rngs(seed))`` (tested).
+    """
+
+    def init(key: jax.Array) -> nnx.State:
+        return nnx.split(build(nnx.Rngs(key)))[1]
+
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Rows split over ``("data", "fsdp")``; other dimensions whole."""
     return NamedSharding(mesh, P(BATCH_AXES))

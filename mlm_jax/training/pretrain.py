@@ -105,7 +105,9 @@ def _train(config, workdir: Path, mesh, checkpointer) -> dict:
         data.set_state(restored.data_state)
     _log_start(config, mesh, data.local_batch_size)
     train_step = step.make_train_step(config, mesh, graphdef, shardings)
-    evaluator = Evaluator(config, mesh, graphdef, shardings.params, config.train.eval_batches)
+    evaluator = Evaluator(
+        eval_config(config), mesh, graphdef, shardings.params, config.train.eval_batches
+    )
     job = loop.Job(
         next_batch=lambda _: next(data),
         data_state=lambda: _gather_data_state(data.get_state()),
@@ -143,13 +145,13 @@ def evaluate_run(
 ) -> dict:
     """``mlm-jax eval``: validation loss, accuracy and perplexity of a run's checkpoint.
 
-    ``mask_rate`` scores at another rate than the run trained with: accuracy depends on
-    how much of each row is hidden, so recipes trained at different rates are compared
-    at one.
+    ``mask_rate`` scores at another rate than the run's ``data.eval_mask_rate`` (itself
+    ``data.mask_rate`` when unset).
     """
     config, graphdef, params = runs.restore_params(workdir, step)
-    if mask_rate is not None:
-        config = _at_mask_rate(config, mask_rate)
+    if mask_rate is not None and not 0.0 < mask_rate < 1.0:
+        raise UserError(f"--mask-rate {mask_rate} must be in (0, 1); e.g. 0.15")
+    config = eval_config(config, mask_rate)
     tokenizer_lib.load(config.data.tokenizer)
     mesh = sharding.make_mesh(config)
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
@@ -163,9 +165,15 @@ def evaluate_run(
     return result
 
 
-def _at_mask_rate(config, mask_rate: float):
-    """The run's config with another mask rate and the prediction slots sized for it."""
-    if not 0.0 < mask_rate < 1.0:
-        raise UserError(f"--mask-rate {mask_rate} must be in (0, 1); e.g. 0.15")
+def eval_config(config, mask_rate: float | None = None):
+    """The config evaluation reads: masked at ``mask_rate``, else ``data.eval_mask_rate``,
+    with the prediction slots sized for it; unchanged when neither is set.
+
+    Accuracy depends on how much of each row is hidden, so a fixed evaluation rate lets
+    recipes trained at different rates be compared on one task.
+    """
+    mask_rate = mask_rate or config.data.eval_mask_rate
+    if mask_rate is None:
+        return config
     data = config.data.model_copy(update={"mask_rate": mask_rate, "max_predictions": None})
     return config.model_copy(update={"data": data})

@@ -159,12 +159,12 @@ def fresh_state(config, mesh, shardings) -> step.TrainState:
     if config.finetune is None:
         params = initial_params(config, mesh)
     else:  # a new pooler and classifier around the encoder
-        seed, outputs = config.train.seed, num_outputs(config)
-
-        def init():
-            return nnx.split(CrossEncoder(config.model, outputs, rngs=nnx.Rngs(seed)))[1]
-
-        params = jax.jit(init, out_shardings=shardings.params)()
+        outputs = num_outputs(config)
+        params = sharding.init_sharded(
+            lambda rngs: CrossEncoder(config.model, outputs, rngs=rngs),
+            config.train.seed,
+            shardings.params,
+        )
         if config.model.init_from:
             params["encoder"] = jax.device_put(
                 initial_params(config, mesh), shardings.params["encoder"]

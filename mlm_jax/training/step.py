@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from mlm_jax.config import Config
 from mlm_jax.model.encoder import Encoder, abstract_encoder
-from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, tree_shardings
+from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, init_sharded, tree_shardings
 from mlm_jax.training.losses import MLM, Objective
 from mlm_jax.training.optim import make_optimizer
 
@@ -90,11 +90,10 @@ def init_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainSta
     """``(graphdef, state, state_shardings)``: a fresh state, initialized already sharded."""
     graphdef, _, shardings = abstract_train_state(config, mesh)
 
-    def init() -> TrainState:
-        params = nnx.split(Encoder(config.model, rngs=nnx.Rngs(config.train.seed)))[1]
-        return fresh_train_state(config, params)
-
-    return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
+    params = init_sharded(
+        lambda rngs: Encoder(config.model, rngs=rngs), config.train.seed, shardings.params
+    )
+    return graphdef, train_state_from_params(config, params, shardings), shardings
 
 
 def _split_micro_batches(batch: Batch, count: int, mesh: Mesh, example_key: str) -> Batch:
