@@ -46,10 +46,10 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="compute dtype; parameters and optimizer state stay float32"
     )
-    attention_kernel: Literal["auto", "explicit", "cudnn"] = Field(
+    attention_kernel: Literal["auto", "explicit"] = Field(
         "auto",
         description="auto: cuDNN's fused kernel for bf16 on a GPU without attention dropout, "
-        "else the products written out; explicit: always written out; cudnn: always fused",
+        "XLA's for fp32 without it, else the products written out; explicit: always written out",
     )
     init_from: str | None = Field(
         None, description="start from a run directory, or hf:PATH for a Hugging Face checkpoint"
@@ -64,13 +64,6 @@ class ModelConfig(_Section):
             )
         if self.family == "modern" and (self.hidden_size // self.num_heads) % 2:
             raise ValueError("model.family=modern needs an even head size for rotary embeddings")
-        if self.attention_kernel == "cudnn" and (
-            self.dtype != "bfloat16" or self.attention_dropout_rate > 0
-        ):
-            raise ValueError(
-                "model.attention_kernel=cudnn needs model.dtype=bfloat16 and "
-                "model.attention_dropout_rate=0; use auto to fall back on its own"
-            )
         return self
 
     @property

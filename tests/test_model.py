@@ -297,7 +297,7 @@ def test_matches_hugging_face_logits(family):
 
 def test_attention_path_follows_dtype_dropout_and_backend():
     """auto: XLA's kernel for fp32, cuDNN's fused one only for bf16 on a GPU, and the
-    products written out whenever dropout applies; explicit and cudnn are obeyed."""
+    products written out whenever dropout applies; explicit is obeyed."""
     on_gpu = jax.default_backend() == "gpu"
     assert model_lib.attention_path("auto", jnp.float32, 0.0) == "xla"
     assert model_lib.attention_path("auto", jnp.float32, 0.1) == "explicit"
@@ -306,17 +306,9 @@ def test_attention_path_follows_dtype_dropout_and_backend():
         "cudnn" if on_gpu else "explicit"
     )
     assert model_lib.attention_path("explicit", jnp.float32, 0.0) == "explicit"
-    assert model_lib.attention_path("cudnn", jnp.bfloat16, 0.0) == "cudnn"
 
 
-def test_cudnn_attention_needs_bf16_without_attention_dropout():
-    for bad in (
-        ["model.dtype=float32"],
-        ["model.dtype=bfloat16", "model.attention_dropout_rate=0.1"],
-    ):
-        with pytest.raises(UserError, match="attention_kernel=cudnn needs"):
-            config_lib.load(None, ["model.attention_kernel=cudnn", *bad])
-    config_lib.load(
-        None,
-        ["model.attention_kernel=cudnn", "model.dtype=bfloat16", "model.attention_dropout_rate=0"],
-    )
+def test_attention_kernel_is_auto_or_explicit():
+    assert config_lib.load(None, []).model.attention_kernel == "auto"
+    with pytest.raises(UserError, match="attention_kernel"):
+        config_lib.load(None, ["model.attention_kernel=cudnn"])

@@ -149,8 +149,9 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
 def attention(q, k, v, mask, *, dtype, dropout_rate: float, key, kernel: str = "auto"):
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
-    Three paths compute the same function (tested on CPU; the fused one on a GPU by
-    ``scripts/bench_gpu.sh``), chosen by :func:`attention_path`. Returns float32.
+    Three paths compute the same function (the two CPU ones tested; the fused one
+    checked on a GPU by ``scripts/bench_attention.py``), chosen by
+    :func:`attention_path`. Returns float32.
     """
     path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0)
     if path == "explicit":
@@ -174,12 +175,13 @@ def attention_path(kernel: str, dtype, dropout_rate: float) -> str:
       backward runs both products on float32 cotangents, which would put bf16 training
       back on the fp32 units.
     """
-    if kernel != "auto":
+    if kernel != "auto":  # the config's "explicit", or a path named by a benchmark
         return kernel
     if dropout_rate > 0.0:
         return "explicit"
     if dtype == jnp.float32:
         return "xla"
+    # Chosen where the program is traced, so a run trained on GPUs evaluates on a CPU.
     return "cudnn" if jax.default_backend() == "gpu" else "explicit"
 
 
