@@ -134,13 +134,13 @@ def print_fill_mask(path: str | os.PathLike, text: str, top_k: int = 5) -> None:
         words = filled.split()
         before = words[-1] if words else ""  # [MASK] swallows the space before it
         print(f"[MASK] {number + 1} of {len(predictions)}:")
-        readings = [(token, read_token(tokenizer, token, previous)) for token, _ in candidates]
-        for (_, reading), (_, probability) in zip(readings, candidates, strict=True):
+        readings = [(t, p, read_token(tokenizer, t, previous)) for t, p in candidates]
+        for _, probability, reading in readings:
             shown = reading.text or "(start of a word spelled piece by piece)"
             if reading.joins_previous and before:
                 shown = f"{before}{reading.text}   (continues {before!r})"
             print(f"  {probability:7.2%}  {shown}")
-        token, best = next(((t, r) for t, r in readings if r.text), readings[0])
+        token, _, best = next((r for r in readings if r[2].text), readings[0])
         chosen.append(token)
         filled += best.text if best.joins_previous or not filled else " " + best.text
         filled += pieces[number + 1]
