@@ -206,6 +206,11 @@ class FinetuneConfig(_Section):
         7, ge=1, description="rerank listwise: negatives scored with each positive"
     )
     max_query_tokens: int = Field(32, ge=1, description="rerank: query tokens kept on truncation")
+    pack_rows: bool = Field(
+        True,
+        description="pack short texts several to a row of data.seq_len (segment masks keep "
+        "them apart): the same logits from fewer padded tokens",
+    )
 
 
 class Config(_Section):

@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pytest
 from conftest import require, run_cli, write_config
+from flax import nnx
 
 from mlm_jax import config as config_lib
 from mlm_jax.data import finetune_data, sources
@@ -195,6 +196,61 @@ def test_pair_encoding_keeps_the_query_and_token_types(run_inputs):
     assert rows["input_ids"][1, 1 : 1 + len(whole_query)].tolist() == whole_query
 
 
+def test_packed_rows_give_the_logits_of_one_pair_per_row(run_inputs):
+    """Packing is layout only: every pair's logits equal its own row's, bit for bit in fp32."""
+    from mlm_jax.config import ModelConfig
+    from mlm_jax.data import tokenizer as tokenizer_lib
+    from mlm_jax.model.cross_encoder import CrossEncoder
+
+    tok = tokenizer_lib.load(run_inputs["tokenizer"])
+    encoder = finetune_data.PairEncoder(tok, seq_len=32, max_query_tokens=6)
+    speeches = [(f"who speaks as {who}", " ".join(lines)[: 20 + 9 * i])
+                for i, (who, lines) in enumerate(_speeches()[:12])]  # fmt: skip
+    pairs = [*speeches, ("a sentence alone", None)]
+    one_per_row, packed = encoder.encode(pairs), encoder.pack(pairs, multiple=2)
+    rows = packed["input_ids"].shape[0]
+    assert rows % 2 == 0 and rows < len(pairs)  # fewer rows than pairs: short ones share
+    flat = {k: v.reshape(-1) for k, v in packed.items() if k != "cls_index"}
+    cls = packed["cls_index"]
+    assert (flat["input_ids"][cls] == tok.cls_id).all() and (flat["positions"][cls] == 0).all()
+    for i, length in enumerate(one_per_row["segment_ids"].sum(1)):  # each pair's tokens intact
+        span = slice(cls[i], cls[i] + length)
+        assert flat["input_ids"][span].tolist() == one_per_row["input_ids"][i, :length].tolist()
+        assert len(set(flat["segment_ids"][span])) == 1
+    assert len(set(zip(cls // 32, flat["segment_ids"][cls], strict=True))) == len(pairs)
+    cfg = ModelConfig(family="bert", num_layers=2, hidden_size=32, num_heads=2,
+                      intermediate_size=64, vocab_size=tok.vocab_size, max_position_embeddings=32)  # fmt: skip
+    model = CrossEncoder(cfg, 2, rngs=nnx.Rngs(0))
+    expected = model(*(one_per_row[k] for k in ARGS))
+    np.testing.assert_allclose(
+        model(*(packed[k] for k in ARGS), cls_index=packed["cls_index"]), expected, atol=1e-5
+    )
+
+
+ARGS = ("input_ids", "segment_ids", "positions", "token_type_ids")
+
+
+def test_process_shares_of_a_packed_batch_make_up_the_whole(run_inputs):
+    """Two processes pack the same global batch and take halves: rows, pairs and targets."""
+    from mlm_jax.data import tokenizer as tokenizer_lib
+
+    queries = [finetune_data.RankingQuery(who, [" ".join(lines)], [q for q, _ in _speeches()[:3]],
+                                          teacher={})
+               for who, lines in _speeches()[:4]]  # fmt: skip
+    encoder = finetune_data.PairEncoder(tokenizer_lib.load(run_inputs["tokenizer"]), 48, 8)
+    whole = finetune_data.rerank_batch(queries, encoder, 3, 4, 2, 0, pack=8)
+    halves = [finetune_data.rerank_batch(queries, encoder, 3, 4, 2, 0, pack=8, process=(i, 2))
+              for i in range(2)]  # fmt: skip
+    for key, value in whole.items():
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), value)
+    assert whole["cls_index"].shape == (12,) and whole["weights"].shape == (4,)
+    unpacked = finetune_data.rerank_batch(queries, encoder, 3, 4, 2, 0)
+    flat = whole["input_ids"].reshape(-1)
+    for i, start in enumerate(whole["cls_index"]):  # the same pairs, in the same order
+        length = unpacked["segment_ids"][i].sum()
+        assert flat[start : start + length].tolist() == unpacked["input_ids"][i, :length].tolist()
+
+
 # ----------------------------------------------------------------------------- learning, export
 
 
@@ -366,7 +422,7 @@ def test_distillation_targets_and_loss_by_hand(tmp_path, run_inputs):
     finetune_data.check_teacher_scores(queries, str(path))
     assert queries[1].teacher == {"a night bird": 0.8, "a fish": 0.3}
     encoder = finetune_data.PairEncoder(tokenizer_lib.load(run_inputs["tokenizer"]), 16, 4)
-    batch = finetune_data.rerank_batch(queries[:1], encoder, 0, slice(0, 1), 1, 2, 0, (10.0, 3.0))
+    batch = finetune_data.rerank_batch(queries[:1], encoder, 0, 1, 2, 0, (10.0, 3.0))
     soft = np.exp(10.0 * np.asarray([0.9, 0.2, 0.2]))
     expected = (np.asarray([1.0, 0.0, 0.0]) + 3.0 * soft / soft.sum()) / 4.0
     np.testing.assert_allclose(batch["targets"][0], expected, rtol=1e-6)

@@ -122,6 +122,46 @@ def resumed(runs) -> dict[str, Path]:
     return {"two_then_one": two_then_one, "one_then_two": one_then_two, "stderr": stderr}
 
 
+def _rerank_lines(count: int) -> list[dict]:
+    """Shakespeare paragraphs as queries: the opening words find the rest of the paragraph,
+    among three other paragraphs; lengths vary, so packing shares rows."""
+    from mlm_jax.data import sources
+
+    doc = next(iter(sources.iter_documents(["builtin:shakespeare"])))
+    paragraphs = [" ".join(p.split()) for p in doc.split("\n\n") if len(p.split()) > 8]
+    lines = []
+    for i, words in enumerate(p.split() for p in paragraphs[: count]):
+        others = [paragraphs[(i + k * 7) % len(paragraphs)] for k in (1, 2, 3)]
+        lines.append({"query": " ".join(words[:5]), "positive": " ".join(words[5:]),
+                      "negatives": others})  # fmt: skip
+    return lines
+
+
+def test_packed_rerank_finetune_agrees_across_processes_and_with_unpacked_rows(
+    run_inputs, tmp_path
+):
+    """A reranker's fp32 training losses: 1 process x 8 devices, 2 processes x 4 devices
+    (each packs the global batch and takes half of its rows, the model gathers [CLS] over
+    all of them), and 1 process without packing: the same numbers."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(line) + "\n" for line in _rerank_lines(64)))
+    cfg = write_config(
+        tmp_path / "rerank.yaml", run_inputs, model={"dtype": "float32"},
+        train={"steps": 4, "log_every": 1, "checkpoint_every": 4, "eval_every": 0},
+        finetune={"task": "rerank", "loss": "listwise", "negatives_per_query": 3,
+                  "max_query_tokens": 8, "train_file": str(train)},
+    )  # fmt: skip
+    args = ("finetune", "--config", cfg, "--workdir")
+    one = _single(*args, tmp_path / "one")
+    two = _launch(tmp_path / "logs", *args, tmp_path / "two")
+    unpacked = _single(*args, tmp_path / "unpacked", "--set", "finetune.pack_rows=false")
+    _finish(one, two, unpacked)
+    reference = _train_losses(tmp_path / "one")
+    assert sorted(reference) == [1, 2, 3, 4]
+    _assert_close(_train_losses(tmp_path / "two"), reference, range(1, 5))
+    _assert_close(_train_losses(tmp_path / "unpacked"), reference, range(1, 5))
+
+
 def test_process_batches_are_disjoint_and_join_into_the_global_batch(run_inputs, tmp_path):
     from mlm_jax import config as config_lib
     from mlm_jax.data import pipeline

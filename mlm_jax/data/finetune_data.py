@@ -231,6 +231,68 @@ class PairEncoder:
             batch["segment_ids"][i, : len(ids)] = 1
         return batch
 
+    def pack(self, pairs: list[tuple[str, str | None]], multiple: int) -> dict[str, np.ndarray]:
+        """Pairs packed several to a row: ``encode``'s arrays plus ``cls_index [N]``.
+
+        Rows are mostly padding (short glosses in rows sized for the long ones), so short
+        pairs share a row: each pair is its own segment (1, 2, ... within the row; the
+        encoder's segment mask keeps pairs from attending to each other) with positions
+        from 0, and ``cls_index`` is the flat ``row * seq_len + offset`` of its ``[CLS]``.
+        First-fit decreasing fills the rows; their count is rounded up to ``multiple``
+        so that a run compiles for a few row counts only.
+        """
+        firsts = self._token_ids([a for a, _ in pairs])
+        seconds = iter(self._token_ids([b for _, b in pairs if b is not None]))
+        rows = [self.row(f, next(seconds) if b is not None else None)
+                for (_, b), f in zip(pairs, firsts, strict=True)]  # fmt: skip
+        room: list[int] = []  # free tokens per packed row
+        place = np.zeros((len(rows), 2), np.int64)  # (packed row, offset) per pair
+        for i in sorted(range(len(rows)), key=lambda i: -len(rows[i][0])):
+            need = len(rows[i][0])
+            target = next((r for r, free in enumerate(room) if free >= need), len(room))
+            if target == len(room):
+                room.append(self.seq_len)
+            place[i] = target, self.seq_len - room[target]
+            room[target] -= need
+        count = -(-max(len(room), 1) // multiple) * multiple
+        shape = (count, self.seq_len)
+        batch = {name: np.zeros(shape, np.int32) for name in
+                 ("input_ids", "token_type_ids", "segment_ids", "positions")}  # fmt: skip
+        for i in np.argsort(place[:, 0] * self.seq_len + place[:, 1], kind="stable"):
+            (ids, types), (r, start) = rows[i], place[i]
+            span = slice(start, start + len(ids))
+            batch["input_ids"][r, span] = ids
+            batch["token_type_ids"][r, span] = types
+            batch["segment_ids"][r, span] = batch["segment_ids"][r].max() + 1
+            batch["positions"][r, span] = np.arange(len(ids))
+        batch["cls_index"] = (place[:, 0] * self.seq_len + place[:, 1]).astype(np.int32)
+        return batch
+
+
+def encode_share(
+    encoder: PairEncoder, pairs: list[tuple[str, str | None]], pack: int, process=(0, 1)
+) -> dict[str, np.ndarray]:
+    """Process ``index`` of ``count``'s part of the global batch of ``pairs``.
+
+    ``pack`` (0: off; else a multiple of the batch's devices) packs the whole batch, on
+    every process alike so that they agree on the row count, and hands each its share of
+    the packed rows and of ``cls_index`` (which keeps its global values: the model gathers
+    over the global batch).
+    """
+    if not pack:
+        return encoder.encode(pairs[_share(len(pairs), process)])
+    packed = encoder.pack(pairs, pack)
+    share = {k: v[_share(len(v), process)] for k, v in packed.items()}
+    share["cls_index"] = packed["cls_index"][_share(len(pairs), process)]
+    return share
+
+
+def _share(items: int, process) -> slice:
+    """Process ``index`` of ``count``'s contiguous share of ``items`` (a multiple of count)."""
+    index, count = process
+    per = items // count
+    return slice(index * per, (index + 1) * per)
+
 
 # ----------------------------------------------------------------------------- training batches
 
@@ -247,13 +309,15 @@ def _slots(step: int, batch_size: int, count: int, seed: int) -> np.ndarray:
 
 
 def classify_batch(
-    examples: list[Labelled], encoder: PairEncoder, step: int, rows: slice, batch_size: int, seed
-) -> dict[str, np.ndarray]:
-    """This process's ``rows`` of the training batch of ``step``."""
-    chosen = [examples[i] for i in _slots(step, batch_size, len(examples), seed)[rows]]
-    batch = encoder.encode([(e.text_a, e.text_b) for e in chosen])
-    batch["labels"] = np.asarray([e.label for e in chosen], np.int32)
-    batch["weights"] = np.ones(len(chosen), np.float32)
+    examples: list[Labelled], encoder: PairEncoder, step: int, batch_size: int, seed: int,
+    pack: int = 0, process=(0, 1),
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """This process's share of the training batch of ``step`` (see :func:`encode_share`)."""
+    chosen = [examples[i] for i in _slots(step, batch_size, len(examples), seed)]
+    batch = encode_share(encoder, [(e.text_a, e.text_b) for e in chosen], pack, process)
+    mine = _share(batch_size, process)
+    batch["labels"] = np.asarray([e.label for e in chosen[mine]], np.int32)
+    batch["weights"] = np.ones(len(chosen[mine]), np.float32)
     return batch
 
 
@@ -261,22 +325,23 @@ def rerank_batch(
     queries: list[RankingQuery],
     encoder: PairEncoder,
     step: int,
-    rows: slice,
     batch_size: int,
     negatives: int,
     seed: int,
     distill: tuple[float, float] | None = None,
+    pack: int = 0,
+    process=(0, 1),
 ) -> dict[str, np.ndarray]:
     """This process's queries of ``step``: per query 1 positive then ``negatives`` negatives.
 
-    Rows are query-major, ``[Q * (1 + negatives), L]``; ``weights [Q]`` marks the queries.
-    With ``distill = (teacher_scale, weight)`` the batch also holds ``targets [Q, 1 + k]``:
-    the label (all mass on the positive) mixed with ``softmax(teacher_scale * teacher
-    scores)`` in the proportion 1 : weight.
+    Rows (pairs, before any packing) are query-major, ``[Q * (1 + negatives), L]``;
+    ``weights [Q]`` marks the queries. With ``distill = (teacher_scale, weight)`` the batch
+    also holds ``targets [Q, 1 + k]``: the label (all mass on the positive) mixed with
+    ``softmax(teacher_scale * teacher scores)`` in the proportion 1 : weight.
     """
     slots = _slots(step, batch_size, len(queries), seed)
     pairs, targets = [], []
-    for slot in range(batch_size)[rows]:
+    for slot in range(batch_size):
         query = queries[slots[slot]]
         rng = np.random.default_rng((seed, step, slot, 1))
         positive = query.positives[rng.integers(len(query.positives))]
@@ -286,10 +351,11 @@ def rerank_batch(
         pairs += [(query.query, passage) for passage in chosen]
         if distill is not None:
             targets.append(_soft_targets([query.teacher[p] for p in chosen], *distill))
-    batch = encoder.encode(pairs)
-    batch["weights"] = np.ones(len(range(batch_size)[rows]), np.float32)
+    batch = encode_share(encoder, pairs, pack, process)
+    mine = _share(batch_size, process)
+    batch["weights"] = np.ones(mine.stop - mine.start, np.float32)
     if distill is not None:
-        batch["targets"] = np.asarray(targets, np.float32)
+        batch["targets"] = np.asarray(targets[mine], np.float32)
     return batch
 
 

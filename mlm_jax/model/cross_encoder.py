@@ -16,7 +16,8 @@ from mlm_jax.model.encoder import Dense, Encoder, LayerNorm, dropout, gelu
 
 
 class CrossEncoder(nnx.Module):
-    """Encoder + pooler on ``[CLS]`` + classifier: logits ``[B, num_outputs]``."""
+    """Encoder + pooler on ``[CLS]`` + classifier: logits ``[N, num_outputs]``, a row per text
+    (or, for packed rows, per ``cls_index``)."""
 
     def __init__(self, cfg, num_outputs: int, *, rngs: nnx.Rngs):
         d = cfg.hidden_size
@@ -32,12 +33,14 @@ class CrossEncoder(nnx.Module):
             d, num_outputs, ("embed", None), use_bias=True, dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, input_ids, segment_ids, positions, token_type_ids, dropout_key=None):
+    def __call__(
+        self, input_ids, segment_ids, positions, token_type_ids, dropout_key=None, cls_index=None
+    ):
         encoder_key = head_key = None
         if dropout_key is not None:
             encoder_key, head_key = (jax.random.fold_in(dropout_key, i) for i in range(2))
         cls = self.encoder.cls_hidden(
-            input_ids, segment_ids, positions, token_type_ids, encoder_key
+            input_ids, segment_ids, positions, token_type_ids, encoder_key, cls_index
         )
         if self.pooler_norm is None:
             pooled = jnp.tanh(self.pooler(cls))  # BertPooler

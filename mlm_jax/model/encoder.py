@@ -430,11 +430,18 @@ class Encoder(nnx.Module):
         return self.head(hidden, self.embeddings.table())
 
     def cls_hidden(
-        self, input_ids, segment_ids, positions, token_type_ids=None, dropout_key=None
-    ) -> jax.Array:
-        """Hidden state ``[B, D]`` of the first token ([CLS]) for fine-tuning heads."""
+        self, input_ids, segment_ids, positions, token_type_ids=None, dropout_key=None,
+        cls_index=None,
+    ) -> jax.Array:  # fmt: skip
+        """Hidden state ``[N, D]`` of each text's [CLS] for fine-tuning heads.
+
+        One text per row (``N = B``) starts each row; packed rows hold several, whose
+        [CLS] tokens ``cls_index`` locates as flat ``row * L + offset``.
+        """
         hidden = self.encode(input_ids, segment_ids, positions, token_type_ids, dropout_key)
-        return hidden[:, 0]
+        if cls_index is None:
+            return hidden[:, 0]
+        return hidden.reshape(-1, hidden.shape[-1])[cls_index]
 
 
 # ----------------------------------------------------------------------------- accounting

@@ -55,6 +55,7 @@ class Scorer:
         self.encoder = data_lib.PairEncoder(
             tokenizer, config.data.seq_len, config.finetune.max_query_tokens
         )
+        self.pack = pack_multiple(config, mesh)
 
         def logits(params, batch):
             with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
@@ -68,12 +69,11 @@ class Scorer:
 
     def __call__(self, params, pairs: list[tuple[str, str | None]]) -> np.ndarray:
         out = []
-        per_process = self.chunk_rows // jax.process_count()
-        mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+        process = (jax.process_index(), jax.process_count())
         for start in range(0, len(pairs), self.chunk_rows):
             chunk = pairs[start : start + self.chunk_rows]
             padded = chunk + [chunk[-1]] * (self.chunk_rows - len(chunk))
-            rows = self.encoder.encode(padded[mine])  # rows encode independently
+            rows = data_lib.encode_share(self.encoder, padded, self.pack, process)
             logits = self._logits(params, sharding.host_batch_to_global(rows, self.mesh))
             out.append(np.asarray(jax.device_get(logits))[: len(chunk)])
         return np.concatenate(out).astype(np.float32)
@@ -155,7 +155,7 @@ def run(config, workdir: str) -> dict:
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     mesh = sharding.make_mesh(config)
     # Read the labelled files first: a bad line must not leave a half-made workdir.
-    batches = _training_batches(config, tokenizer)
+    batches = _training_batches(config, tokenizer, mesh)
     eval_examples = _read_eval(config)
     with runs.opened(config, workdir_path, tokenizer, mesh) as checkpointer:
         return _finetune(
@@ -163,21 +163,33 @@ def run(config, workdir: str) -> dict:
         )
 
 
-def _training_batches(config, tokenizer):
-    """``batch(step) -> host batch`` of this process's rows."""
+def pack_multiple(config, mesh) -> int:
+    """Packed rows come in multiples of this (0: no packing): of the batch's devices, and
+    of 8 so that a run meets only a few row counts, each compiled once."""
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    # Gradient accumulation splits a batch by rows, which packing no longer keeps per example.
+    if not config.finetune.pack_rows or config.optim.grad_accum_steps > 1:
+        return 0
+    return -(-8 // devices) * devices
+
+
+def _training_batches(config, tokenizer, mesh):
+    """``batch(step) -> host batch`` of this process's share."""
     ft, batch_size, seed = config.finetune, config.train.global_batch_size, config.train.seed
     encoder = data_lib.PairEncoder(tokenizer, config.data.seq_len, ft.max_query_tokens)
-    local = batch_size // jax.process_count()
-    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    share = {"pack": pack_multiple(config, mesh),
+             "process": (jax.process_index(), jax.process_count())}  # fmt: skip
     if ft.task == "classify":
         examples = data_lib.read_classify(ft.train_file, ft.num_labels)
-        return lambda s: data_lib.classify_batch(examples, encoder, s, rows, batch_size, seed)
+        return lambda s: data_lib.classify_batch(examples, encoder, s, batch_size, seed, **share)
     queries = data_lib.read_rerank(ft.train_file)
     k, distill = ft.negatives_per_query, None
     if ft.loss == "distill":
         data_lib.check_teacher_scores(queries, ft.train_file)
         distill = (ft.teacher_scale, ft.distill_weight)
-    return lambda s: data_lib.rerank_batch(queries, encoder, s, rows, batch_size, k, seed, distill)
+    return lambda s: data_lib.rerank_batch(
+        queries, encoder, s, batch_size, k, seed, distill, **share
+    )
 
 
 def _read_eval(config):
@@ -207,6 +219,7 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
         next_batch=batches,
         data_state=dict,
         evaluate=evaluate,
+        # Pairs as if one per row: packing shows as a higher rate, not fewer tokens.
         tokens_per_step=rows_per_step * config.data.seq_len,
         accuracy_key=objective.accuracy_name,
     )

@@ -118,6 +118,7 @@ def cross_encoder_logits(graphdef, params, batch, dropout_key=None) -> jax.Array
         batch["positions"],
         batch["token_type_ids"],
         dropout_key,
+        batch.get("cls_index"),  # present when pairs are packed several to a row
     )
 
 
