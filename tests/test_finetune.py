@@ -219,7 +219,8 @@ def test_packed_rows_give_the_logits_of_one_pair_per_row(run_inputs):
         assert len(set(flat["segment_ids"][span])) == 1
     assert len(set(zip(cls // 32, flat["segment_ids"][cls], strict=True))) == len(pairs)
     cfg = ModelConfig(family="bert", num_layers=2, hidden_size=32, num_heads=2,
-                      intermediate_size=64, vocab_size=tok.vocab_size, max_position_embeddings=32)  # fmt: skip
+                      intermediate_size=64, vocab_size=tok.vocab_size,
+                      max_position_embeddings=32)  # fmt: skip
     model = CrossEncoder(cfg, 2, rngs=nnx.Rngs(0))
     expected = model(*(one_per_row[k] for k in ARGS))
     np.testing.assert_allclose(
