@@ -38,7 +38,7 @@ def main() -> None:
     steps = max(args.steps, 10)
 
     mesh = sharding.make_mesh(config)
-    batches = finetune._training_batches(config, tokenizer_lib.load(config.data.tokenizer), mesh)
+    batches = finetune.training_batches(config, tokenizer_lib.load(config.data.tokenizer), mesh)
     host = [batches(s) for s in range(steps)]
     graphdef, _, shardings = runs.abstract_state(config, mesh)
     state = runs.fresh_state(config, mesh, shardings)

@@ -155,7 +155,7 @@ def run(config, workdir: str) -> dict:
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     mesh = sharding.make_mesh(config)
     # Read the labelled files first: a bad line must not leave a half-made workdir.
-    batches = _training_batches(config, tokenizer, mesh)
+    batches = training_batches(config, tokenizer, mesh)
     eval_examples = _read_eval(config)
     with runs.opened(config, workdir_path, tokenizer, mesh) as checkpointer:
         return _finetune(
@@ -173,7 +173,7 @@ def pack_multiple(config, mesh) -> int:
     return -(-8 // devices) * devices
 
 
-def _training_batches(config, tokenizer, mesh):
+def training_batches(config, tokenizer, mesh):
     """``batch(step) -> host batch`` of this process's share."""
     ft, batch_size, seed = config.finetune, config.train.global_batch_size, config.train.seed
     encoder = data_lib.PairEncoder(tokenizer, config.data.seq_len, ft.max_query_tokens)
