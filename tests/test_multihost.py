@@ -130,7 +130,7 @@ def _rerank_lines(count: int) -> list[dict]:
     doc = next(iter(sources.iter_documents(["builtin:shakespeare"])))
     paragraphs = [" ".join(p.split()) for p in doc.split("\n\n") if len(p.split()) > 8]
     lines = []
-    for i, words in enumerate(p.split() for p in paragraphs[: count]):
+    for i, words in enumerate(p.split() for p in paragraphs[:count]):
         others = [paragraphs[(i + k * 7) % len(paragraphs)] for k in (1, 2, 3)]
         lines.append({"query": " ".join(words[:5]), "positive": " ".join(words[5:]),
                       "negatives": others})  # fmt: skip
