@@ -212,11 +212,16 @@ class PairEncoder:
         a, b = first[:keep_first].tolist(), second[:keep_second].tolist()
         return [cls, *a, sep, *b, sep], [0] * (len(a) + 2) + [1] * (len(b) + 1)
 
+    def _rows(self, pairs: list[tuple[str, str | None]]) -> list[tuple[list[int], list[int]]]:
+        """:meth:`row` of each pair, token ids looked up in one batch per side."""
+        firsts = self._token_ids([a for a, _ in pairs])
+        seconds = iter(self._token_ids([b for _, b in pairs if b is not None]))
+        return [self.row(first, next(seconds) if b is not None else None)
+                for (_, b), first in zip(pairs, firsts, strict=True)]  # fmt: skip
+
     def encode(self, pairs: list[tuple[str, str | None]]) -> dict[str, np.ndarray]:
         """Rows ``[N, seq_len]``: input_ids, token_type_ids, segment_ids (0 = pad), positions."""
-        firsts = self._token_ids([a for a, _ in pairs])
-        seconds = self._token_ids([b for _, b in pairs if b is not None])
-        seconds_iter = iter(seconds)
+        rows = self._rows(pairs)
         shape = (len(pairs), self.seq_len)
         batch = {
             "input_ids": np.zeros(shape, np.int32),
@@ -224,8 +229,7 @@ class PairEncoder:
             "segment_ids": np.zeros(shape, np.int32),
             "positions": np.broadcast_to(np.arange(self.seq_len, dtype=np.int32), shape).copy(),
         }
-        for i, ((_, b), first) in enumerate(zip(pairs, firsts, strict=True)):
-            ids, types = self.row(first, next(seconds_iter) if b is not None else None)
+        for i, (ids, types) in enumerate(rows):
             batch["input_ids"][i, : len(ids)] = ids
             batch["token_type_ids"][i, : len(ids)] = types
             batch["segment_ids"][i, : len(ids)] = 1
@@ -241,29 +245,28 @@ class PairEncoder:
         First-fit decreasing fills the rows; their count is rounded up to ``multiple``
         so that a run compiles for a few row counts only.
         """
-        firsts = self._token_ids([a for a, _ in pairs])
-        seconds = iter(self._token_ids([b for _, b in pairs if b is not None]))
-        rows = [self.row(f, next(seconds) if b is not None else None)
-                for (_, b), f in zip(pairs, firsts, strict=True)]  # fmt: skip
+        rows = self._rows(pairs)
         room: list[int] = []  # free tokens per packed row
-        place = np.zeros((len(rows), 2), np.int64)  # (packed row, offset) per pair
+        segments: list[int] = []  # pairs placed per packed row so far
+        place = np.zeros((len(rows), 3), np.int64)  # (packed row, offset, segment) per pair
         for i in sorted(range(len(rows)), key=lambda i: -len(rows[i][0])):
             need = len(rows[i][0])
             target = next((r for r, free in enumerate(room) if free >= need), len(room))
             if target == len(room):
                 room.append(self.seq_len)
-            place[i] = target, self.seq_len - room[target]
+                segments.append(0)
+            segments[target] += 1
+            place[i] = target, self.seq_len - room[target], segments[target]
             room[target] -= need
         count = -(-max(len(room), 1) // multiple) * multiple
         shape = (count, self.seq_len)
         batch = {name: np.zeros(shape, np.int32) for name in
                  ("input_ids", "token_type_ids", "segment_ids", "positions")}  # fmt: skip
-        for i in np.argsort(place[:, 0] * self.seq_len + place[:, 1], kind="stable"):
-            (ids, types), (r, start) = rows[i], place[i]
+        for (ids, types), (r, start, segment) in zip(rows, place, strict=True):
             span = slice(start, start + len(ids))
             batch["input_ids"][r, span] = ids
             batch["token_type_ids"][r, span] = types
-            batch["segment_ids"][r, span] = batch["segment_ids"][r].max() + 1
+            batch["segment_ids"][r, span] = segment
             batch["positions"][r, span] = np.arange(len(ids))
         batch["cls_index"] = (place[:, 0] * self.seq_len + place[:, 1]).astype(np.int32)
         return batch
