@@ -99,7 +99,17 @@ def test_training_negatives_are_bm25s_hardest_other_passages(pairs_file, pairs_s
         best = sorted(allowed, key=lambda i: (-scores[i], i))[:_NEGATIVES]
         assert record["negatives"] == [collection[i] for i in best]
         assert record["positive"] in relevant[record["query"]]
+        # Each passage's BM25 score rides along, positive first (a teacher may mix them in).
+        shown = [collection.index(record["positive"]), *best]
+        assert record["bm25"] == pytest.approx([scores[i] for i in shown], abs=1e-5)
     assert sum(len(r["negatives"]) == _NEGATIVES for r in lines) == len(lines)
+    extra = [r for r in _read(pairs_set / "train.jsonl") if "passage" in r]
+    assert extra  # the words given two glosses, on the training side
+    for record in extra:
+        score = retriever.get_scores(_query_words(record["query"]))[
+            collection.index(record["passage"])
+        ]
+        assert record["bm25"] == pytest.approx(score, abs=1e-5)
 
 
 def test_held_out_candidates_equal_a_direct_bm25s_query(pairs_file, pairs_set):

@@ -88,11 +88,15 @@ class Bm25Index:
         indices = np.empty((len(queries), k), np.int64)
         scores = np.empty((len(queries), k), np.float32)
         for row, words in enumerate(tokenize(queries)):
-            every = self.scores(words)
-            # Stable on the negated scores: equal scores stay in collection order.
-            order = np.argsort(-every, kind="stable")[:k]
+            order, every = self.ranked(words, k)
             indices[row], scores[row] = order, every[order]
         return indices, scores
+
+    def ranked(self, query_words: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(the best min(k, N) passage indices, best first; every passage's score [N])``."""
+        every = self.scores(query_words)
+        # Stable on the negated scores: equal scores stay in collection order.
+        return np.argsort(-every, kind="stable")[: min(k, self.size)], every
 
 
 def cache_dir(collection: str | Path) -> Path:

@@ -9,7 +9,8 @@ held-out query never occurs in training.
   ``negatives`` hardest BM25 passages of the whole collection, leaving out the query's
   own passages and any passage relevant to a held-out query (training must not call a
   passage irrelevant that evaluation counts as the answer). Further relevant passages of
-  the same query follow as ``{"query", "passage", "label": 1}`` lines.
+  the same query follow as ``{"query", "passage", "label": 1}`` lines. Every line carries
+  the BM25 score of its passages (``"bm25"``, positive first), for a teacher to use.
 - Held-out (``eval.jsonl``): each query's BM25 top-``candidates`` over the collection, in
   BM25 order, one ``{"query", "passage", "label", "bm25"}`` line per candidate. This is
   the real re-ranking setting: when BM25 missed a query's answer, no candidate is
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mlm_jax import artifacts
-from mlm_jax.data.bm25_index import Bm25Index
+from mlm_jax.data.bm25_index import Bm25Index, tokenize
 from mlm_jax.errors import UserError
 
 _EXPECTED = 'one {"query": "...", "passage": "..."} object per line'
@@ -108,25 +109,29 @@ def split_queries(
 
 def _training_records(pairs: Pairs, index: Bm25Index, train: list[str], held: list[str],
                       negatives: int) -> list[dict]:  # fmt: skip
+    """A line per training query: its first positive, BM25's hardest negatives, and the BM25
+    score of each (``scripts/teacher_scores.py --bm25-weight`` mixes them into a teacher)."""
     excluded = {i for q in held for i in pairs.relevant[q]}
     records = []
-    for start in range(0, len(train), 256):
-        chunk = train[start : start + 256]
-        widest = negatives + len(excluded) + max(len(pairs.relevant[q]) for q in chunk)
-        ranked, _ = index.top_k(chunk, widest)
-        for query, row in zip(chunk, ranked, strict=True):
-            own = pairs.relevant[query]
-            mined = [i for i in row.tolist() if i not in excluded and i not in own][:negatives]
-            if not mined:
-                raise UserError(
-                    f"the collection has no passage left to serve as a negative for {query!r}; "
-                    "add pairs so there are more distinct passages"
-                )
-            records.append({"query": query, "positive": pairs.passages[own[0]],
-                            "negatives": [pairs.passages[i] for i in mined]})  # fmt: skip
-            records += [{"query": query, "passage": pairs.passages[i], "label": 1}
-                        for i in own[1:]]  # fmt: skip
+    for query, words in zip(train, tokenize(train), strict=True):
+        own = pairs.relevant[query]
+        ranked, every = index.ranked(words, negatives + len(excluded) + len(own))
+        mined = [i for i in ranked.tolist() if i not in excluded and i not in own][:negatives]
+        if not mined:
+            raise UserError(
+                f"the collection has no passage left to serve as a negative for {query!r}; "
+                "add pairs so there are more distinct passages"
+            )
+        records.append({"query": query, "positive": pairs.passages[own[0]],
+                        "negatives": [pairs.passages[i] for i in mined],
+                        "bm25": [_score(every[i]) for i in [own[0], *mined]]})  # fmt: skip
+        records += [{"query": query, "passage": pairs.passages[i], "label": 1,
+                     "bm25": _score(every[i])} for i in own[1:]]  # fmt: skip
     return records
+
+
+def _score(value) -> float:
+    return round(float(value), 6)
 
 
 def _held_out_records(pairs: Pairs, index: Bm25Index, held: list[str], candidates: int):
@@ -138,7 +143,7 @@ def _held_out_records(pairs: Pairs, index: Bm25Index, held: list[str], candidate
         found += any(i in relevant for i in row.tolist())
         records += [
             {"query": query, "passage": pairs.passages[i], "label": int(i in relevant),
-             "bm25": round(float(score), 6)}
+             "bm25": _score(score)}
             for i, score in zip(row.tolist(), row_scores.tolist(), strict=True)
         ]  # fmt: skip
     return records, found / len(held)
