@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,6 +46,17 @@ def run_cli(*args, env=None, timeout=600, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"mlm-jax {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """A script of ``scripts/`` imported as a module, to test its functions directly."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # The shared real text: the first SCENES Shakespeare scenes, one document each.

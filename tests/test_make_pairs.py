@@ -1,19 +1,12 @@
 """The dictionary parsing of ``scripts/make_pairs.py`` on entries in dictd's GCIDE format."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_pairs.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def make_pairs():
-    spec = importlib.util.spec_from_file_location("make_pairs", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_pairs")
 
 
 # Shaped like the entries of /usr/share/dictd/gcide.dict.dz: headword line with the

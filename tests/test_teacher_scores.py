@@ -1,23 +1,17 @@
 """``scripts/teacher_scores.py --bm25-weight``: BM25 mixed into the bi-encoder's teacher."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "teacher_scores.py"
+from conftest import SCRIPTS, load_script
 
 
 @pytest.fixture(scope="module")
 def teacher_scores():
-    spec = importlib.util.spec_from_file_location("teacher_scores", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("teacher_scores")
 
 
 def test_bm25_moves_each_cosine_by_its_z_score_times_the_cosines_spread(teacher_scores):
@@ -42,8 +36,8 @@ def test_a_training_file_without_bm25_scores_is_one_line_and_exit_2(tmp_path):
     line = {"query": "dog", "positive": "a domestic canine", "negatives": ["a feline"]}
     train.write_text(json.dumps(line) + "\n")
     result = subprocess.run(
-        [sys.executable, _SCRIPT, "--bi-encoder", tmp_path / "none", "--train", train,
-         "--out", tmp_path / "out.jsonl", "--bm25-weight", "0.5"],
+        [sys.executable, SCRIPTS / "teacher_scores.py", "--bi-encoder", tmp_path / "none",
+         "--train", train, "--out", tmp_path / "out.jsonl", "--bm25-weight", "0.5"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2
