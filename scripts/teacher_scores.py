@@ -43,6 +43,14 @@ def _with_bm25(cosines: list[float], bm25: list[float], weight: float) -> list[f
     return (cos + weight * cos.std() * z).tolist()
 
 
+def _teacher(record: dict, cosines: list[float], bm25_weight: float) -> list[float]:
+    """The line's teacher scores: its cosines, mixed with BM25 on a line of several passages
+    (a one-passage line has nothing to rank against and may carry no BM25 score)."""
+    if not bm25_weight or "negatives" not in record:
+        return cosines
+    return _with_bm25(cosines, record["bm25"], bm25_weight)
+
+
 def _check_bm25(records: list[dict], path: str) -> None:
     """Each line of several passages needs a BM25 score per passage; name the first without."""
     for number, record in enumerate(records, 1):
@@ -77,9 +85,7 @@ def main() -> None:
     with Path(args.out).open("w", encoding="utf-8") as out:
         for record in records:
             scores = [float(vectors[record["query"]] @ vectors[p]) for p in _passages(record)]
-            if args.bm25_weight:
-                scores = _with_bm25(scores, record["bm25"], args.bm25_weight)
-            scores = [round(x, 6) for x in scores]
+            scores = [round(x, 6) for x in _teacher(record, scores, args.bm25_weight)]
             record["teacher"] = scores[0] if "passage" in record else scores
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     print(json.dumps({"out": args.out, "lines": len(records), "texts": len(texts)}))

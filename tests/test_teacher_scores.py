@@ -31,6 +31,14 @@ def test_bm25_without_contrast_or_a_lone_passage_leaves_the_cosines(teacher_scor
     assert teacher_scores._with_bm25([0.3], [5.0], 1.0) == [0.3]
 
 
+def test_a_one_passage_line_needs_no_bm25_score(teacher_scores):
+    line = {"query": "dog", "passage": "a domestic canine", "label": 1}
+    assert teacher_scores._teacher(line, [0.7], 0.5) == [0.7]
+    ranked = {"query": "dog", "positive": "a canine", "negatives": ["a cat"], "bm25": [3.0, 1.0]}
+    assert teacher_scores._teacher(ranked, [0.6, 0.4], 0.5) == pytest.approx([0.65, 0.35])
+    assert teacher_scores._teacher(ranked, [0.6, 0.4], 0.0) == [0.6, 0.4]
+
+
 def test_a_training_file_without_bm25_scores_is_one_line_and_exit_2(tmp_path):
     train = tmp_path / "train.jsonl"
     line = {"query": "dog", "positive": "a domestic canine", "negatives": ["a feline"]}
