@@ -37,8 +37,7 @@ def _passages(record: dict) -> list[str]:
 def _with_bm25(cosines: list[float], bm25: list[float], weight: float) -> list[float]:
     """The line's cosines plus ``weight`` x their spread x BM25's z-score within the line."""
     cos, lexical = np.asarray(cosines, np.float64), np.asarray(bm25, np.float64)
-    if len(cos) < 2:
-        return cosines
+    # BM25 scores that are all alike (or a single one) give z = 0: the cosines stay.
     z = (lexical - lexical.mean()) / (lexical.std() + 1e-6)
     return (cos + weight * cos.std() * z).tolist()
 
