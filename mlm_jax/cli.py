@@ -155,7 +155,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config = _load_config(args)
     _start_distributed(args)
+    if args.plan:
+        from mlm_jax.planning import plan
+
+        plan.check_before_training(config)
     train.run(config, workdir=args.workdir or _default_workdir(args.config))
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    if args.target != "cpu":
+        # Compile-only TPU devices: JAX must not look for a real accelerator first.
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    from mlm_jax.planning import plan
+
+    plan.run(_load_config(args), args.target, json_out=args.json)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -302,8 +315,23 @@ def _run_parsers(commands) -> None:
     train = commands.add_parser("train", help="pretrain (resumes from the workdir)")
     _add_config_args(train)
     train.add_argument("--workdir", help="run directory (default runs/CONFIG_NAME)")
+    train.add_argument(
+        "--plan", action="store_true",
+        help="first compile the step for this run's devices and stop (exit 2) if it cannot fit",
+    )  # fmt: skip
     _add_distributed_args(train)
     train.set_defaults(handler=_cmd_train)
+
+    plan = commands.add_parser(
+        "plan", help="compile a run for a TPU slice on this host: memory, FLOPs, collectives"
+    )
+    _add_config_args(plan)
+    plan.add_argument(
+        "--target", required=True,
+        help="a TPU slice (v5p-8, v5p-64, v4-32, v5e-16, v6e-256, v5p:4x4x2) or cpu (this host)",
+    )  # fmt: skip
+    plan.add_argument("--json", help="also write the plan as JSON to this file")
+    plan.set_defaults(handler=_cmd_plan)
 
     evaluate = commands.add_parser("eval", help="MLM loss/accuracy/perplexity on validation")
     evaluate.add_argument("--workdir", required=True)

@@ -51,6 +51,12 @@ class ModelConfig(_Section):
         description="auto: cuDNN's fused kernel for bf16 on a GPU without attention dropout, "
         "XLA's for fp32 without it, else the products written out; explicit: always written out",
     )
+    remat: Literal["none", "dense", "full"] = Field(
+        "none",
+        description="recompute activations in the backward pass: none; dense (keep the dense "
+        "layers' outputs, recompute attention, activations and norms); full (keep only each "
+        "block's input). Trades FLOPs for memory; `mlm-jax plan` shows both",
+    )
     init_from: str | None = Field(
         None, description="start from a run directory, or hf:PATH for a Hugging Face checkpoint"
     )

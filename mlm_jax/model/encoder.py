@@ -51,6 +51,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from mlm_jax.config import Config, ModelConfig
 from mlm_jax.model import precision, sharding
@@ -113,7 +114,7 @@ class Dense(nnx.Module):
         y = precision.dense(x, self.kernel[...], self.dtype)
         if self.bias is not None:
             y = y + self.bias[...]
-        return y  # float32
+        return checkpoint_name(y, "dense")  # float32; what model.remat=dense keeps
 
 
 class LayerNorm(nnx.Module):
@@ -146,6 +147,7 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
     return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
 
 
+@jax.named_scope("attention")
 def attention(q, k, v, mask, *, dtype, dropout_rate: float, key, kernel: str = "auto"):
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
@@ -361,6 +363,27 @@ class MLMHead(nnx.Module):
 # ----------------------------------------------------------------------------- encoder
 
 
+def _call_block(block, x, mask, positions, key):
+    return block(x, mask, positions, key)
+
+
+def _rematerialized(remat: str):
+    """How a block runs under ``model.remat``: as is, or recomputed in the backward pass.
+
+    ``dense`` keeps the outputs of the dense layers (tagged in :class:`Dense`) and
+    recomputes attention, activations and norms from them; ``full`` keeps only the
+    block's input. Either costs at most one more forward pass per step.
+    """
+    if remat == "none":
+        return _call_block
+    policy = (
+        jax.checkpoint_policies.save_only_these_names("dense")
+        if remat == "dense"
+        else jax.checkpoint_policies.nothing_saveable
+    )
+    return nnx.remat(_call_block, policy=policy)
+
+
 class Encoder(nnx.Module):
     """A masked-language-model encoder of family ``cfg.family``.
 
@@ -400,8 +423,10 @@ class Encoder(nnx.Module):
         x = self.embeddings(input_ids, positions, token_type_ids)  # [B, L, D]
         x = constrain(dropout(x, self.cfg.dropout_rate, keys[0]), ("batch", "length", "act_embed"))
         mask = segment_mask(segment_ids)  # [B, 1, L, L]
-        for layer, key in zip(self.layers, keys[1:], strict=True):
-            x = layer(x, mask, positions, key)
+        run_block = _rematerialized(self.cfg.remat)
+        for index, (layer, key) in enumerate(zip(self.layers, keys[1:], strict=True)):
+            with jax.named_scope(f"layer{index}"):  # names the HLO ops `mlm-jax plan` groups
+                x = run_block(layer, x, mask, positions, key)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x

@@ -40,8 +40,9 @@ def make_mesh(config: Config, devices: Sequence[jax.Device] | None = None) -> Me
     """A ``("data", "fsdp", "tensor")`` mesh over ``devices`` (default: all devices)."""
     devices = list(jax.devices() if devices is None else devices)
     shape = config.check_devices(len(devices))
-    if len(devices) == len(jax.devices()):
-        # Topology-aware order (ICI rings on TPU, NVLink islands on GPU).
+    if len(devices) == len(jax.devices()) or devices[0].platform == "tpu":
+        # Topology-aware order (ICI rings on TPU, NVLink islands on GPU), also for the
+        # compile-only TPU devices of `mlm-jax plan`.
         grid = mesh_utils.create_device_mesh(shape, devices)
     else:
         grid = np.asarray(devices).reshape(shape)

@@ -62,6 +62,21 @@ def measure_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int =
     return 2 * size**3 / best
 
 
+def measure_copy_bandwidth(megabytes: int = 256, repeats: int = 4) -> float:
+    """Bytes/s one device reads plus writes on a jitted elementwise pass over a large array."""
+    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+    scale = jax.jit(lambda a: a * 1.0001)
+    scale(x).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            out = scale(x)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * x.nbytes / best
+
+
 @functools.cache
 def device_peak(dtype: str = "float32") -> Peak:
     """Peak FLOP/s of all devices together: published for accelerators, measured on CPU."""

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from mlm_jax.config import Config
 from mlm_jax.model.encoder import Encoder, abstract_encoder
-from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, init_sharded, tree_shardings
+from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, tree_shardings
 from mlm_jax.training.losses import MLM, Objective
 from mlm_jax.training.optim import make_optimizer
 
@@ -86,14 +86,27 @@ def train_state_from_params(config: Config, params: Any, shardings: TrainState) 
     return jax.jit(lambda p: fresh_train_state(config, p), out_shardings=shardings)(params)
 
 
+def state_initializer(config: Config, shardings: TrainState) -> Callable[[jax.Array], TrainState]:
+    """The jitted ``key -> TrainState`` of a fresh pretraining run, born sharded.
+
+    Weights and optimizer state come out of one program with ``out_shardings``: no
+    device ever holds the whole model. The key is an argument, not a constant, so one
+    compilation serves every seed and XLA has no input-free expression to fold.
+    ``mlm-jax plan`` compiles exactly this function for a TPU slice.
+    """
+
+    def init(key: jax.Array) -> TrainState:
+        params = nnx.split(Encoder(config.model, rngs=nnx.Rngs(key)))[1]
+        return fresh_train_state(config, params)
+
+    return jax.jit(init, out_shardings=shardings)
+
+
 def init_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
     """``(graphdef, state, state_shardings)``: a fresh state, initialized already sharded."""
     graphdef, _, shardings = abstract_train_state(config, mesh)
-
-    params = init_sharded(
-        lambda rngs: Encoder(config.model, rngs=rngs), config.train.seed, shardings.params
-    )
-    return graphdef, train_state_from_params(config, params, shardings), shardings
+    state = state_initializer(config, shardings)(jax.random.key(config.train.seed))
+    return graphdef, state, shardings
 
 
 def _split_micro_batches(batch: Batch, count: int, mesh: Mesh, example_key: str) -> Batch:
