@@ -168,7 +168,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
     from mlm_jax.planning import plan
 
-    plan.run(_load_config(args), args.target, json_out=args.json)
+    plan.run(_load_config(args), args.target, json_out=args.json, hlo_out=args.hlo)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -331,6 +331,7 @@ def _run_parsers(commands) -> None:
         help="a TPU slice (v5p-8, v5p-64, v4-32, v5e-16, v6e-256, v5p:4x4x2) or cpu (this host)",
     )  # fmt: skip
     plan.add_argument("--json", help="also write the plan as JSON to this file")
+    plan.add_argument("--hlo", help="write the train step's optimized HLO text to this file")
     plan.set_defaults(handler=_cmd_plan)
 
     evaluate = commands.add_parser("eval", help="MLM loss/accuracy/perplexity on validation")

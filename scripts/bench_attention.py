@@ -30,7 +30,8 @@ def packed_inputs(batch: int, seq: int, heads: int, head_dim: int):
     first, second = seq // 2, seq // 2 - seq // 8
     segments = np.zeros((batch, seq), np.int32)
     segments[:, :first], segments[:, first : first + second] = 1, 2
-    return q, k, v, model_lib.segment_mask(jnp.asarray(segments))
+    segments = jnp.asarray(segments)
+    return q, k, v, model_lib.Segments(segments, model_lib.segment_mask(segments))
 
 
 def value_and_grads(path: str, dtype):

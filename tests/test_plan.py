@@ -9,7 +9,7 @@ import math
 import sys
 
 import pytest
-from conftest import run_cli, tiny_config
+from conftest import config_dict, run_cli, tiny_config
 
 from mlm_jax.errors import UserError
 from mlm_jax.planning import collectives, targets
@@ -42,7 +42,7 @@ def test_bad_slice_names_are_refused_with_examples(name):
 
 def _plan(tmp_path, *overrides, target="v5p-8"):
     config = tmp_path / "tiny.yaml"
-    config.write_text(json.dumps({"model": {"dtype": "bfloat16"}}))
+    config.write_text(json.dumps(config_dict({"model": {"dtype": "bfloat16"}})))
     out = tmp_path / "plan.json"
     sets = [a for o in overrides for a in ("--set", o)]
     result = run_cli("plan", "--config", config, "--target", target, "--json", out, *sets)
@@ -71,13 +71,15 @@ def test_data_parallel_plan_all_reduces_the_gradients_once(tmp_path):
 
 
 def test_fsdp_plan_gathers_weights_and_reduce_scatters_gradients(tmp_path):
-    result, report = _plan(tmp_path, "mesh.fsdp=4")
+    # Wide enough that XLA reduce-scatters rather than all-reducing tiny gradients whole.
+    wide = ("mesh.fsdp=4", "model.hidden_size=128", "model.intermediate_size=512")
+    result, report = _plan(tmp_path, *wide)
     assert result.returncode == 0, result.stderr
     kinds = report["collectives"]["by_kind"]
     assert {"all-gather", "reduce-scatter"} <= set(kinds)
     # Each gradient is reduce-scattered once: the summed operands are the weights' bytes
     # (the embed-free vectors, norms and biases, stay whole and are all-reduced).
-    weights = _weight_bytes()
+    weights = _weight_bytes(*wide[1:])
     assert 0.9 * weights <= kinds["reduce-scatter"]["bytes"] <= weights
     assert report["replicated_parameter_share"] == 0.0
     # Grouped by the operation that issued them, layers folded together.
@@ -85,14 +87,17 @@ def test_fsdp_plan_gathers_weights_and_reduce_scatters_gradients(tmp_path):
 
 
 def test_remat_lowers_the_train_steps_temporaries(tmp_path):
+    # Four layers wide and long enough that activations outweigh the MLM head's logits.
+    shape = ("model.num_layers=4", "model.hidden_size=128", "model.intermediate_size=512",
+             "data.seq_len=64", "train.global_batch_size=512", "mesh.data=4")  # fmt: skip
     temporaries = {}
-    for remat in ("none", "full"):
-        result, report = _plan(
-            tmp_path, "mesh.data=4", "train.global_batch_size=256", f"model.remat={remat}"
-        )
+    for remat in ("none", "dense", "full"):
+        result, report = _plan(tmp_path, *shape, f"model.remat={remat}")
         assert result.returncode == 0, result.stderr
+        assert report["remat"] == remat
         temporaries[remat] = report["programs"]["train_step"]["memory"]["temporaries"]
-    assert temporaries["full"] < 0.7 * temporaries["none"]
+    assert temporaries["full"] < temporaries["dense"] < temporaries["none"]
+    assert temporaries["full"] < 0.5 * temporaries["none"]
 
 
 def test_a_run_too_big_for_the_slice_is_refused_in_one_line(tmp_path):

@@ -46,7 +46,10 @@ HF ModernBERT's ``norm_eps`` is ``model.layer_norm_eps``; its rotary theta is
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +141,29 @@ class LayerNorm(nnx.Module):
 # ----------------------------------------------------------------------------- attention
 
 
+class Segments(NamedTuple):
+    """Which document each token belongs to, as ids and as the dense mask they imply."""
+
+    ids: jax.Array  # [B, L] int32: 1, 2, ... per packed document, 0 for padding
+    mask: jax.Array  # [B, 1, L, L] bool; XLA drops it where a kernel takes the ids
+
+
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "target_platform", default=None
+)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+    """Trace attention for ``platform`` (the mesh's devices), not this process's backend:
+    ``mlm-jax plan`` traces on a CPU host for compile-only TPU devices."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
 def segment_mask(segment_ids: jax.Array) -> jax.Array:
     """``[B, 1, L, L]`` bool: query attends key iff both are in the same segment.
 
@@ -148,24 +174,33 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 @jax.named_scope("attention")
-def attention(q, k, v, mask, *, dtype, dropout_rate: float, key, kernel: str = "auto"):
+def attention(q, k, v, segments: Segments, *, dtype, dropout_rate: float, key, kernel="auto"):
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
-    Three paths compute the same function (the two CPU ones tested; the fused one
-    checked on a GPU by ``scripts/bench_attention.py``), chosen by
-    :func:`attention_path`. Returns float32.
+    Four paths compute the same function (the CPU ones tested, splash in Pallas'
+    interpret mode; the cuDNN one checked on a GPU by ``scripts/bench_attention.py``),
+    chosen by :func:`attention_path`. Returns float32.
     """
-    path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0)
+    path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0, q.shape[1])
+    mask = segments.mask
     if path == "explicit":
         return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
+    if path == "splash":
+        from mlm_jax.model import splash
+
+        return splash.splash_attention(q, k, v, segments.ids, dtype)
     q, k, v = (t.astype(dtype) for t in (q, k, v))
     implementation = "cudnn" if path == "cudnn" else None
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
     return out.astype(jnp.float32)
 
 
-def attention_path(kernel: str, dtype, dropout_rate: float) -> str:
-    """Which attention implementation a layer traces: ``explicit``, ``xla`` or ``cudnn``.
+def attention_path(kernel: str, dtype, dropout_rate: float, length: int = 128) -> str:
+    """Which attention implementation a layer traces: ``explicit``, ``xla``, ``cudnn``
+    or ``splash``.
+
+    * on a TPU without dropout, rows a multiple of 128 long: Pallas' splash kernel
+      (:mod:`mlm_jax.model.splash`), flash attention with segment ids, in either dtype.
 
     * fp32 without dropout: ``jax.nn.dot_product_attention`` (XLA's own lowering).
     * bf16 on a GPU without dropout: cuDNN's fused flash-attention kernel. Its forward
@@ -181,10 +216,13 @@ def attention_path(kernel: str, dtype, dropout_rate: float) -> str:
         return kernel
     if dropout_rate > 0.0:
         return "explicit"
+    # Chosen where the program is traced, so a run trained on GPUs evaluates on a CPU.
+    platform = _TARGET_PLATFORM.get() or jax.default_backend()
+    if platform == "tpu" and length % 128 == 0:
+        return "splash"
     if dtype == jnp.float32:
         return "xla"
-    # Chosen where the program is traced, so a run trained on GPUs evaluates on a CPU.
-    return "cudnn" if jax.default_backend() == "gpu" else "explicit"
+    return "cudnn" if platform == "gpu" else "explicit"
 
 
 def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key: jax.Array | None):
@@ -228,7 +266,7 @@ class BertBlock(nnx.Module):
         self.output_norm = LayerNorm(d, eps=cfg.layer_norm_eps, use_bias=True, rngs=rngs)
         self.dtype = dtype
 
-    def __call__(self, x, mask, positions, key):
+    def __call__(self, x, segments: Segments, positions, key):
         cfg = self.cfg
         b, length, _ = x.shape
         heads = (b, length, cfg.num_heads, cfg.hidden_size // cfg.num_heads)
@@ -238,7 +276,7 @@ class BertBlock(nnx.Module):
             q,
             k,
             v,
-            mask,
+            segments,
             dtype=self.dtype,
             dropout_rate=cfg.attention_dropout_rate,
             key=attn_key,
@@ -268,7 +306,7 @@ class ModernBlock(nnx.Module):
         self.Wi = Dense(d, (2, i), ("embed", None, "mlp"), **dense)
         self.mlp_Wo = Dense(i, d, ("mlp", "embed"), **dense)
 
-    def __call__(self, x, mask, positions, key):
+    def __call__(self, x, segments: Segments, positions, key):
         cfg = self.cfg
         b, length, d = x.shape
         heads = (b, length, cfg.num_heads, d // cfg.num_heads)
@@ -281,7 +319,7 @@ class ModernBlock(nnx.Module):
             q,
             k,
             v,
-            mask,
+            segments,
             dtype=self.dtype,
             dropout_rate=cfg.attention_dropout_rate,
             key=attn_key,
@@ -363,8 +401,8 @@ class MLMHead(nnx.Module):
 # ----------------------------------------------------------------------------- encoder
 
 
-def _call_block(block, x, mask, positions, key):
-    return block(x, mask, positions, key)
+def _call_block(block, x, segments, positions, key):
+    return block(x, segments, positions, key)
 
 
 def _rematerialized(remat: str):
@@ -422,11 +460,11 @@ class Encoder(nnx.Module):
         keys = _split_key(dropout_key, len(self.layers) + 1)
         x = self.embeddings(input_ids, positions, token_type_ids)  # [B, L, D]
         x = constrain(dropout(x, self.cfg.dropout_rate, keys[0]), ("batch", "length", "act_embed"))
-        mask = segment_mask(segment_ids)  # [B, 1, L, L]
+        segments = Segments(segment_ids, segment_mask(segment_ids))  # mask [B, 1, L, L]
         run_block = _rematerialized(self.cfg.remat)
         for index, (layer, key) in enumerate(zip(self.layers, keys[1:], strict=True)):
             with jax.named_scope(f"layer{index}"):  # names the HLO ops `mlm-jax plan` groups
-                x = run_block(layer, x, mask, positions, key)
+                x = run_block(layer, x, segments, positions, key)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x

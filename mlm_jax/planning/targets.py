@@ -88,7 +88,10 @@ def parse_slice(name: str) -> Slice:
             + ("x1" if chip.torus_dims == 3 else "")
         )
     if chip.torus_dims == 3 and chips < 4:
-        raise UserError(f"--target {name}: the smallest {chip.generation} slice has 4 chips")
+        raise UserError(
+            f"--target {name}: the smallest {chip.generation} slice has 4 chips "
+            f"({chip.generation}-8); use {_EXAMPLES}"
+        )
     return Slice(name, chip, _torus_shape(chips, chip.torus_dims))
 
 
@@ -125,6 +128,9 @@ def compile_only_devices(tpu: Slice):
         "TPU_ACCELERATOR_TYPE", f"{tpu.chip.generation}-{tpu.chips * tpu.chip.cores_per_chip}"
     )
     os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")
+    # libtpu locks /tmp/libtpu_lockfile to keep two processes off one chip; compiling
+    # touches no chip, so two plans (or test workers) may run side by side.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
     try:
         import libtpu  # noqa: F401

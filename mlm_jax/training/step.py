@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mlm_jax.config import Config
-from mlm_jax.model.encoder import Encoder, abstract_encoder
+from mlm_jax.model.encoder import Encoder, abstract_encoder, compiling_for
 from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, tree_shardings
 from mlm_jax.training.losses import MLM, Objective
 from mlm_jax.training.optim import make_optimizer
@@ -171,9 +171,10 @@ def make_train_step(
     """
     tx, schedule = make_optimizer(config)
     accum = config.optim.grad_accum_steps
+    platform = mesh.devices.flat[0].platform  # attention is traced for the mesh's devices
 
     def train_step(state: TrainState, batch: Batch):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), compiling_for(platform):
             key = jax.random.fold_in(state.rng, state.step)
             grads, (loss_sum, correct, weight_sum) = _grads_and_sums(
                 graphdef, state.params, batch, key, accum, mesh, objective
@@ -219,8 +220,10 @@ def make_eval_step(
     """
     del config  # the graph already holds the model config
 
+    platform = mesh.devices.flat[0].platform
+
     def eval_step(params: nnx.State, batch: Batch):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), compiling_for(platform):
             loss_sum, correct, weight_sum = MLM.sums(graphdef, params, batch, None)
         return {"loss_sum": loss_sum, "correct": correct, "weight_sum": weight_sum}
 
