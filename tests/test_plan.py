@@ -123,14 +123,20 @@ def test_plan_without_libtpu_names_the_tpu_extra(tmp_path):
     assert result.stderr.count("\n") == 1 and ".[tpu]" in result.stderr
 
 
-def test_collective_bytes_follow_the_ring_model():
-    hlo = """ENTRY %main (p: f32[8,4]) -> f32[32,4] {
-  %all-gather.1 = f32[32,4]{1,0} all-gather(%p), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}, metadata={op_name="jit(step)/jvp(layer3)/dot_general"}
-  %all-reduce.2 = f32[8,4]{1,0} all-reduce(%p), channel_id=2, replica_groups=[2,4]<=[8], to_apply=%add
-  %cp-start = (f32[8,4]{1,0}, f32[8,4]{1,0}) collective-permute-start(%p), source_target_pairs={{0,1}}
+# One of each collective form, as XLA prints them (a trailing backslash joins HLO's lines).
+HLO = """ENTRY %main (p: f32[8,4]) -> f32[32,4] {
+  %all-gather.1 = f32[32,4]{1,0} all-gather(%p), channel_id=1, replica_groups={{0,1,2,3}}, \
+dimensions={0}, metadata={op_name="jit(step)/jvp(layer3)/dot_general"}
+  %all-reduce.2 = f32[8,4]{1,0} all-reduce(%p), channel_id=2, replica_groups=[2,4]<=[8], \
+to_apply=%add
+  %cp-start = (f32[8,4]{1,0}, f32[8,4]{1,0}) collective-permute-start(%p), \
+source_target_pairs={{0,1}}
   %cp-done = f32[8,4]{1,0} collective-permute-done(%cp-start)
 }"""
-    found, _ = collectives.parse(hlo, device_count=8)
+
+
+def test_collective_bytes_follow_the_ring_model():
+    found, _ = collectives.parse(HLO, device_count=8)
     by_kind = {c.kind: c for c in found}
     assert set(by_kind) == {"all-gather", "all-reduce", "collective-permute"}
     assert by_kind["all-gather"].moved == 32 * 4 * 4 * 3 / 4

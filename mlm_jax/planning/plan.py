@@ -162,8 +162,8 @@ def make_plan(config, target: str, hlo_out: str | None = None) -> dict:
     tokens = config.train.global_batch_size * config.data.seq_len
     model_flops = encoder.flops_per_token(config) * tokens / len(devices)
     prediction = roofline.predict(
-        hardware, train["hlo_flops"] + train["kernel_flops"], train["hlo_bytes"], traffic["moved_bytes"], model_flops,
-        tokens,
+        hardware, train["hlo_flops"] + train["kernel_flops"], train["hlo_bytes"],
+        traffic["moved_bytes"], model_flops, tokens,
     )  # fmt: skip
     programs = {"initializer": init, "train_step": train, "eval_step": evaluation}
     peak = max(p["memory"]["total"] for p in programs.values())
