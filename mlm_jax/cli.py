@@ -163,12 +163,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
-    if args.target != "cpu":
+    config = _load_config(args)
+    target = args.target or config.mesh.target
+    if target is None:
+        raise UserError(f"{args.config} names no mesh.target; pass --target, e.g. v5p-8")
+    if target != "cpu":
         # Compile-only TPU devices: JAX must not look for a real accelerator first.
         os.environ["JAX_PLATFORMS"] = "cpu"
     from mlm_jax.planning import plan
 
-    plan.run(_load_config(args), args.target, json_out=args.json, hlo_out=args.hlo)
+    plan.run(config, target, json_out=args.json, hlo_out=args.hlo)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -327,9 +331,10 @@ def _run_parsers(commands) -> None:
     )
     _add_config_args(plan)
     plan.add_argument(
-        "--target", required=True,
-        help="a TPU slice (v5p-8, v5p-64, v4-32, v5e-16, v6e-256, v5p:4x4x2) or cpu (this host)",
-    )  # fmt: skip
+        "--target",
+        help="a TPU slice (v5p-8, v5p-64, v4-32, v5e-16, v6e-256, v5p:4x4x2) or cpu (this "
+        "host); default: the config's mesh.target",
+    )
     plan.add_argument("--json", help="also write the plan as JSON to this file")
     plan.add_argument("--hlo", help="write the train step's optimized HLO text to this file")
     plan.set_defaults(handler=_cmd_plan)

@@ -172,6 +172,11 @@ class MeshConfig(_Section):
     data: int = Field(-1, description="data-parallel axis size (-1: all remaining devices)")
     fsdp: int = Field(1, ge=1, description="parameter-sharded data-parallel axis size")
     tensor: int = Field(1, ge=1, description="tensor-parallel axis size (heads, mlp, vocab)")
+    target: str | None = Field(
+        None,
+        description="the TPU slice this config is written for (e.g. v5p-64); `mlm-jax plan` "
+        "compiles for it when --target is not given",
+    )
 
     @model_validator(mode="after")
     def _data_positive_or_auto(self) -> MeshConfig:

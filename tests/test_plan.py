@@ -9,12 +9,12 @@ import math
 import sys
 
 import pytest
-from conftest import config_dict, run_cli, tiny_config
+from conftest import config_dict, require, run_cli, tiny_config
 
 from mlm_jax.errors import UserError
 from mlm_jax.planning import collectives, targets
 
-pytest.importorskip("libtpu")  # the `tpu` extra, which scripts/test.sh installs
+require("libtpu")  # the `tpu` extra, which scripts/test.sh installs (CI fails without it)
 
 
 @pytest.mark.parametrize(

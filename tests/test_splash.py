@@ -3,12 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from mlm_jax.model import encoder as model_lib
-from mlm_jax.model import sharding
-
-splash = pytest.importorskip("mlm_jax.model.splash")
+from mlm_jax.model import sharding, splash
 
 
 def _packed(batch=2, seq=128, heads=2, head_dim=64):
