@@ -136,7 +136,7 @@ source_target_pairs={{0,1}}
 
 
 def test_collective_bytes_follow_the_ring_model():
-    found, _ = collectives.parse(HLO, device_count=8)
+    found = collectives.parse(HLO, device_count=8)
     by_kind = {c.kind: c for c in found}
     assert set(by_kind) == {"all-gather", "all-reduce", "collective-permute"}
     assert by_kind["all-gather"].moved == 32 * 4 * 4 * 3 / 4
@@ -144,3 +144,21 @@ def test_collective_bytes_follow_the_ring_model():
     assert math.isclose(by_kind["all-reduce"].moved, 2 * 8 * 4 * 4 * 3 / 4)
     assert by_kind["collective-permute"].moved == 8 * 4 * 4
     assert collectives.readable_op(by_kind["all-gather"].op_name) == "jvp(layer*)/dot_general"
+
+
+def test_train_plan_refuses_a_run_too_big_for_this_host_before_reading_data(tmp_path):
+    missing = tmp_path / "no-dataset"
+    sections = {"data": {"source": str(missing), "tokenizer": str(missing)}}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(config_dict(sections)))
+    workdir = tmp_path / "run"
+    # 2^18 rows: the train step needs more than this host's memory per simulated device.
+    big = run_cli("train", "--config", config, "--workdir", workdir, "--plan",
+                  "--set", "train.global_batch_size=262144")  # fmt: skip
+    assert big.returncode == 2
+    assert big.stderr.count("\n") == 1 and "train.global_batch_size" in big.stderr
+    assert not workdir.exists()
+    # A run that fits passes the plan, then meets its missing dataset as before.
+    small = run_cli("train", "--config", config, "--workdir", workdir, "--plan")
+    assert "plan: peak" in small.stdout
+    assert small.returncode == 2 and "no-dataset" in small.stderr

@@ -312,3 +312,24 @@ def test_abstract_state_matches_real_state():
     for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True):
         assert (a.shape, a.dtype) == (x.shape, x.dtype)
         assert a.sharding.is_equivalent_to(x.sharding, x.ndim)
+
+
+@pytest.mark.parametrize("family", ["bert", "modern"])
+def test_remat_recomputes_the_same_training(family):
+    """model.remat trades memory for FLOPs only: dropout included, every mode trains alike."""
+    batches = [random_batch(8, seed) for seed in range(3)]
+    dropout = ("model.dropout_rate=0.1", "model.attention_dropout_rate=0.1")
+    runs = {
+        remat: run_steps(
+            tiny_config(f"model.family={family}", f"model.remat={remat}", *dropout), batches
+        )  # fmt: skip
+        for remat in ("none", "dense", "full")
+    }
+    _, reference, initial = runs["none"]
+    assert_params_moved(reference, initial)
+    for remat in ("dense", "full"):
+        history, state, _ = runs[remat]
+        assert [h["train/loss"] for h in history] == pytest.approx(
+            [h["train/loss"] for h in runs["none"][0]], rel=1e-6
+        )
+        assert_same_params(state, reference, f"remat={remat}")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from mlm_jax.errors import UserError
 from mlm_jax.model import encoder, sharding
-from mlm_jax.planning import collectives, roofline, targets
+from mlm_jax.planning import collectives, roofline, targets, traffic
 from mlm_jax.training import step
 
 GB = 2**30  # reports are in GiB, as TPU HBM is published
@@ -157,13 +157,14 @@ def make_plan(config, target: str, hlo_out: str | None = None) -> dict:
     hlo_text = compiled.as_text()
     if hlo_out:
         Path(hlo_out).write_text(hlo_text)
-    traffic = collectives.summarize(hlo_text, len(devices))
+    exchanged = collectives.summarize(hlo_text, len(devices))
     train["kernel_flops"] = _kernel_flops(config, hlo_text) / len(devices)
+    train["hbm_bytes"] = traffic.hbm_bytes(hlo_text)
     tokens = config.train.global_batch_size * config.data.seq_len
     model_flops = encoder.flops_per_token(config) * tokens / len(devices)
     prediction = roofline.predict(
-        hardware, train["hlo_flops"] + train["kernel_flops"], train["hlo_bytes"],
-        traffic["moved_bytes"], model_flops, tokens,
+        hardware, train["hlo_flops"] + train["kernel_flops"], train["hbm_bytes"],
+        exchanged["moved_bytes"], model_flops, tokens,
     )  # fmt: skip
     programs = {"initializer": init, "train_step": train, "eval_step": evaluation}
     peak = max(p["memory"]["total"] for p in programs.values())
@@ -184,7 +185,7 @@ def make_plan(config, target: str, hlo_out: str | None = None) -> dict:
         "memory_capacity_bytes": capacity,
         "fits": peak <= capacity,
         "model_flops_per_device": model_flops,
-        "collectives": traffic,
+        "collectives": exchanged,
         "prediction": prediction,
     }
 
@@ -236,7 +237,8 @@ def format_report(report: dict, top_ops: int = 8) -> str:
             if train["kernel_flops"]
             else ""
         )
-        + f"; HLO bytes accessed {train['hlo_bytes'] / GB:.1f} GiB",
+        + f"; HBM traffic {train['hbm_bytes'] / GB:.1f} GiB (XLA's bytes accessed, on-chip "
+        f"memory included: {train['hlo_bytes'] / GB:.1f} GiB)",
         "collectives per step (count, bytes of results, ring bytes moved per device):",
     ]
     for kind, entry in report["collectives"]["by_kind"].items():

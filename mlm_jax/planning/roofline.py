@@ -1,7 +1,8 @@
 """The hardware a plan is made for, and the roofline model that predicts a step from it.
 
 The model, stated once: a step takes the longer of its compute (HLO FLOPs at the chip's
-dense bf16 peak) and its HBM traffic (HLO bytes accessed at the HBM bandwidth), plus
+dense bf16 peak) and its HBM traffic (:mod:`mlm_jax.planning.traffic`'s estimate at the
+HBM bandwidth), plus
 its collectives (ring bytes per device at the chip's bidirectional ICI bandwidth),
 with no overlap between the two terms. It is an estimate: it cannot know measured ICI
 contention, how much of the collective time XLA hides behind matmuls, host input
@@ -62,12 +63,12 @@ def cpu_hardware(devices: int, dtype: str) -> Hardware:
 
 
 def predict(
-    hardware: Hardware, hlo_flops: float, hlo_bytes: float, moved_bytes: float, model_flops: float,
+    hardware: Hardware, hlo_flops: float, hbm_bytes: float, moved_bytes: float, model_flops: float,
     tokens: int,
 ) -> dict[str, float]:  # fmt: skip
     """Predicted step time, tokens/s and MFU (per-device inputs; see the module doc)."""
     compute_s = hlo_flops / hardware.peak_flops
-    memory_s = hlo_bytes / hardware.memory_bandwidth
+    memory_s = hbm_bytes / hardware.memory_bandwidth
     collective_s = moved_bytes / hardware.interconnect_bandwidth
     step_s = max(compute_s, memory_s) + collective_s
     return {
