@@ -41,8 +41,8 @@ bench "${base512[@]}" --set model.attention_kernel=explicit
 bench "${base512[@]}" --set model.dtype=float32
 bench --config configs/bert-base.yaml
 bench --config configs/bert-base.yaml --set model.dtype=float32
-bench --config configs/bert-large.yaml
-bench --config configs/bert-large.yaml --set model.dtype=float32
+bench --config configs/bert-large.yaml --set mesh.fsdp=1
+bench --config configs/bert-large.yaml --set mesh.fsdp=1 --set model.dtype=float32
 bench --config configs/modern-base.yaml --set train.global_batch_size=32
 bench --config configs/modern-base.yaml --set train.global_batch_size=32 --set model.dtype=float32
 bench --config configs/tiny.yaml --set model.dtype=float32

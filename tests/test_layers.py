@@ -1,8 +1,8 @@
 """The package's layers import one way, and reading a checkpoint needs no input pipeline.
 
 Layers, bottom to top: the foundation modules at the top of the package (errors, config,
-artifacts, distributed, manifest), ``data``, ``model``, ``hf``, ``training``, then
-``inference``, ``export`` and ``cli``. A module may import its own layer and the layers
+artifacts, distributed, manifest), ``data``, ``model``, ``hf``, ``training``, ``planning``,
+then ``inference``, ``export`` and ``cli``. A module may import its own layer and the layers
 below it, never one above; every import statement counts, those inside functions too.
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlm_jax"
 FOUNDATION = {"errors", "config", "artifacts", "distributed", "manifest", "__init__"}
-ORDER = ["foundation", "data", "model", "hf", "training", "inference", "export", "cli"]
+ORDER = ["foundation", "data", "model", "hf", "training", "planning", "inference", "export", "cli"]
 # The data layer turns text into numpy batches: no accelerator framework in it.
 NOT_IN_DATA = ("jax", "jaxlib", "flax", "optax", "orbax")
 
