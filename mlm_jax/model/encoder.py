@@ -392,6 +392,9 @@ class MLMHead(nnx.Module):
 
     def __call__(self, hidden: jax.Array, table: jax.Array) -> jax.Array:
         h = self.norm(gelu(self.dense(hidden)))  # [B, P, D]
+        # The layout the word lookup gathered the table into: XLA then gathers it once per
+        # step for both, instead of again for the decoder.
+        table = constrain(table, ("vocab", None))
         logits = precision.einsum("bpd,vd->bpv", h, table, self.dtype)  # the tied decoder
         logits = logits + self.decoder_bias[...]
         real = jnp.arange(logits.shape[-1]) < self.vocab_size

@@ -16,6 +16,7 @@ counted with the trip count XLA records on its loop.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ def _group_size(attributes: str, fallback: int) -> int:
     iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", attributes)
     if iota:
         return int(iota.group(2))
+    named = re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", attributes)
+    if named:  # e.g. mesh['axis_0'=1,'axis_1'=4] {'axis_1'}: the product of the named axes
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", named.group(1)))
+        return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", named.group(2)))
     return fallback
 
 
@@ -66,8 +71,12 @@ def _kind(opcode: str) -> str | None:
 
 
 def _op_name(instruction: hlo.Instruction) -> str:
+    """The issuing operation; XLA's combiners merge many tensors into one collective, whose
+    metadata then names only the first, so the others are counted beside it."""
     match = _OP_NAME.search(instruction.rest)
-    return match.group(1) if match else ""
+    name = match.group(1) if match else ""
+    tensors = hlo.array_count(instruction.shape)
+    return f"{name} (+{tensors - 1} combined)" if tensors > 1 else name
 
 
 def parse(hlo_text: str, device_count: int) -> list[Collective]:

@@ -89,6 +89,11 @@ def read(hlo_text: str) -> Module:
     return module
 
 
+def array_count(shape_text: str) -> int:
+    """Arrays in a shape: 1, or a tuple's length."""
+    return len(_ARRAY.findall(shape_text))
+
+
 def array_bytes(shape_text: str, hbm_only: bool = False) -> int:
     """Bytes of every array in a shape (a tuple's elements summed).
 
