@@ -162,3 +162,27 @@ def test_train_plan_refuses_a_run_too_big_for_this_host_before_reading_data(tmp_
     small = run_cli("train", "--config", config, "--workdir", workdir, "--plan")
     assert "plan: peak" in small.stdout
     assert small.returncode == 2 and "no-dataset" in small.stderr
+
+
+# A prefetch into on-chip memory (S(1)) and a fusion that reads the prefetched copy: the
+# HBM estimate counts the prefetch's read once, not the fusion's second read of the same bytes.
+PREFETCH = """ENTRY %main (a: f32[256,256]) -> f32[256,256] {
+  %a = f32[256,256]{1,0} parameter(0)
+  %cs = (f32[256,256]{1,0:S(1)}, f32[256,256]{1,0}, u32[]{:S(2)}) copy-start(%a)
+  %cd = f32[256,256]{1,0:S(1)} copy-done(%cs)
+  %f = f32[256,256]{1,0} fusion(%cd), kind=kLoop, calls=%fused
+}
+%fused (p: f32[256,256]) -> f32[256,256] {
+  %p = f32[256,256]{1,0} parameter(0)
+  ROOT %n = f32[256,256]{1,0} negate(%p)
+}"""
+
+
+def test_hbm_traffic_counts_on_chip_buffers_once():
+    from mlm_jax.planning import traffic
+
+    matrix = 256 * 256 * 4
+    # The prefetch reads A from HBM; the fusion reads on-chip memory and writes HBM.
+    assert traffic.hbm_bytes(PREFETCH) == 2 * matrix
+    # Were the copy in HBM, it would be a read and a write, and the fusion's read another.
+    assert traffic.hbm_bytes(PREFETCH.replace(":S(1)", "")) == 4 * matrix
