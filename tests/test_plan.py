@@ -84,6 +84,12 @@ def test_fsdp_plan_gathers_weights_and_reduce_scatters_gradients(tmp_path):
     assert report["replicated_parameter_share"] == 0.0
     # Grouped by the operation that issued them, layers folded together.
     assert any("layer*" in op["op"] for op in report["collectives"]["by_op"])
+    # Accumulating over two micro-batches reduce-scatters every gradient once per
+    # micro-batch: collectives in the loop body count once per trip.
+    result, accumulated = _plan(tmp_path, *wide, "optim.grad_accum_steps=2")
+    assert result.returncode == 0, result.stderr
+    scattered = accumulated["collectives"]["by_kind"]["reduce-scatter"]["count"]
+    assert scattered == 2 * kinds["reduce-scatter"]["count"]
 
 
 def test_remat_lowers_the_train_steps_temporaries(tmp_path):

@@ -23,6 +23,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w-]*)\((.*)$")
 _HEADER = re.compile(r"^(?:ENTRY )?%(\S+) \((.*?)\) -> (.*) \{$")
 _BODY = re.compile(r"body=%([\w.-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONDITION = re.compile(r"condition=%([\w.-]+)")
 _CALLS = re.compile(r"calls=%([\w.-]+)")
 _TO_APPLY = re.compile(r"to_apply=%([\w.-]+)")
 _MEMORY_SPACE = re.compile(r"S\((\d+)\)")
@@ -70,6 +71,7 @@ class Module:
 def read(hlo_text: str) -> Module:
     module = Module()
     computation = ""
+    loops: list[Instruction] = []
     for line in hlo_text.splitlines():
         header = _HEADER.match(line)
         if header:
@@ -83,10 +85,30 @@ def read(hlo_text: str) -> Module:
         module.instructions.append(instruction)
         module.shapes[instruction.name] = instruction.shape
         if instruction.opcode == "while":
-            body, trip = _BODY.search(instruction.rest), _TRIP.search(instruction.rest)
-            if body and trip:
-                module.trips[body.group(1)] = int(trip.group(1))
+            loops.append(instruction)
+    for loop in loops:
+        body = _BODY.search(loop.rest)
+        if body:
+            module.trips[body.group(1)] = _trip_count(loop, module)
     return module
+
+
+def _trip_count(loop: Instruction, module: Module) -> int:
+    """XLA's recorded trip count, else the bound of a ``counter < N`` condition (the form
+    ``lax.scan`` lowers to, counting from 0), else 1."""
+    known = _TRIP.search(loop.rest)
+    if known:
+        return int(known.group(1))
+    condition = _CONDITION.search(loop.rest)
+    if condition is None:
+        return 1
+    bounds = [
+        int(i.rest.split(")", 1)[0])
+        for i in module.instructions
+        if i.computation == condition.group(1) and i.opcode == "constant"
+        and i.shape.startswith("s32[]")
+    ]  # fmt: skip
+    return max(bounds, default=1)
 
 
 def array_count(shape_text: str) -> int:

@@ -162,8 +162,11 @@ def make_plan(config, target: str, hlo_out: str | None = None) -> dict:
     train["hbm_bytes"] = traffic.hbm_bytes(hlo_text)
     tokens = config.train.global_batch_size * config.data.seq_len
     model_flops = encoder.flops_per_token(config) * tokens / len(devices)
-    # XLA's count misses FLOPs inside custom calls and may count a loop's body once (its
-    # collective matmuls); the model's own FLOPs are a floor on what the step executes.
+    # XLA's cost analysis counts a loop's body once: under gradient accumulation the
+    # micro-batch loop is nearly the whole step, so its FLOPs are scaled by the trip count.
+    # It also misses FLOPs inside custom calls (counted above) and in collective matmuls;
+    # the model's own FLOPs are a floor on what the step executes.
+    train["hlo_flops"] *= config.optim.grad_accum_steps
     executed = max(train["hlo_flops"] + train["kernel_flops"], model_flops)
     prediction = roofline.predict(
         hardware, executed, train["hbm_bytes"],
@@ -257,9 +260,9 @@ def format_report(report: dict, top_ops: int = 8) -> str:
             + op["op"]
         )
     lines += [
-        f"prediction (roofline: max(compute, HBM) + ICI; peak {hw['peak_flops'] / 1e12:.0f} "
-        f"TFLOP/s, HBM {hw['memory_bandwidth'] / 1e9:.0f} GB/s, ICI "
-        f"{hw['interconnect_bandwidth'] / 1e9:.0f} GB/s per device):",
+        f"prediction (roofline: max(compute, HBM) + ICI; peak {hw['peak_flops'] / 1e12:.3g} "
+        f"TFLOP/s, HBM {hw['memory_bandwidth'] / 1e9:.4g} GB/s, ICI "
+        f"{hw['interconnect_bandwidth'] / 1e9:.4g} GB/s per device):",
         f"  compute {pred['compute_s'] * 1e3:.1f} ms, HBM traffic {pred['memory_s'] * 1e3:.1f} "
         f"ms, collectives {pred['collective_s'] * 1e3:.1f} ms -> predicted step "
         f"{pred['step_s'] * 1e3:.1f} ms ({pred['bound']}-bound)",
