@@ -138,6 +138,12 @@ def _cmd_data_relevance(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_data_verify(args: argparse.Namespace) -> None:
+    from mlm_jax.data import integrity
+
+    integrity.verify(args.dataset, tokenizer=args.tokenizer)
+
+
 def _cmd_data_peek(args: argparse.Namespace) -> None:
     from mlm_jax.data import peek
 
@@ -284,6 +290,12 @@ def _data_parser(commands) -> None:
         '--direct_running_mode=multi_processing"',
     )
     prepare.set_defaults(handler=_cmd_data_prepare)
+    verify = data_commands.add_parser(
+        "verify", help="check every file's checksum and every record of a prepared dataset"
+    )
+    verify.add_argument("dataset", help="a directory written by `mlm-jax data prepare`")
+    verify.add_argument("--tokenizer", help="also check this tokenizer directory")
+    verify.set_defaults(handler=_cmd_data_verify)
     peek = data_commands.add_parser("peek", help="show the batches a process would see")
     _add_config_args(peek)
     peek.add_argument("--batches", type=int, default=1)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mlm_jax.data import sources, tfds_writer
+from mlm_jax.data import integrity, sources, tfds_writer
 from mlm_jax.errors import UserError
 
 BUILDER_NAME = "mlm_jax_corpus"
@@ -332,7 +332,8 @@ def _location(source: str, data_dir: str | None) -> dict[str, Any]:
             "`mlm-jax data prepare --input ... --out DIR`, or set data.data_dir for a TFDS name"
         )
     meta = json.loads(meta_path.read_text())
-    return {"builder_dir": str(directory / meta["builder_dir"])}
+    integrity.check_dataset(directory, meta)
+    return {"builder_dir": str(directory / meta["builder_dir"]), "root": str(directory)}
 
 
 def open_split(

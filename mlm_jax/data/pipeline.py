@@ -30,12 +30,13 @@ import contextlib
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import grain
 import numpy as np
 
-from mlm_jax.data import corpus, masking, packing
+from mlm_jax.data import corpus, integrity, masking, packing
 from mlm_jax.data import tokenizer as tokenizers
 from mlm_jax.errors import UserError
 
@@ -390,7 +391,16 @@ class HostBatchIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        elements = [next(iterator) for _, iterator in self._groups]
+        try:
+            elements = [next(iterator) for _, iterator in self._groups]
+        except (StopIteration, KeyboardInterrupt, UserError):
+            raise
+        except Exception as error:  # a shard that passed the size check but cannot be read
+            root = self._plan.specs[0].records.location.get("root")
+            damage = integrity.locate_damage(Path(root)) if root else None
+            if damage is None:
+                raise
+            raise damage from error
         for (members, _), element in zip(self._groups, elements, strict=True):
             for i, position in zip(members, json.loads(element["positions"]), strict=True):
                 self._positions[self._plan.specs[i].stream] = position

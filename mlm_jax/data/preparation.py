@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlm_jax import artifacts
-from mlm_jax.data import corpus, sources
+from mlm_jax.data import corpus, integrity, sources
 from mlm_jax.errors import UserError
 
 
@@ -85,6 +85,11 @@ def prepare(
     with artifacts.staged_directory(out_path) as staging:
         builder, stats = build(staging, shards, text_field, valid_fraction, inputs)
         meta = _meta(request, inputs, builder, stats, staging, beam_runner)
+        # Every shard's size and checksum, whichever engine wrote it: what train checks
+        # at start and `mlm-jax data verify` checks in full.
+        meta[integrity.META_KEY] = integrity.record(
+            staging, integrity.dataset_files(Path(builder.data_dir))
+        )
         (staging / corpus.META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(f"wrote {out_path}: {meta['splits']} ({stats.summary()})", file=sys.stderr)
     return {**meta, "reused": False}

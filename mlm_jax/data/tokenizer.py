@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mlm_jax import artifacts
-from mlm_jax.data import sources
+from mlm_jax.data import integrity, sources
 from mlm_jax.errors import UserError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -206,6 +206,7 @@ def train_tokenizer(
         "text_field": text_field,
         "input_fingerprint": sources.fingerprint(inputs),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        integrity.META_KEY: integrity.record_bytes({"spm.model": model_bytes}),
     }
     write_directory(out_path, {"spm.model": model_bytes, "meta.json": artifacts.json_bytes(meta)})
     elapsed = time.monotonic() - started
@@ -281,7 +282,14 @@ class SentencePieceTokenizer(Tokenizer):
 
         model_path = directory / "spm.model"
         self.directory = directory
-        self.processor = spm.SentencePieceProcessor(model_file=str(model_path))
+        integrity.check_tokenizer(directory)
+        try:
+            self.processor = spm.SentencePieceProcessor(model_file=str(model_path))
+        except (RuntimeError, OSError):  # "could not parse ModelProto": a damaged file
+            raise UserError(
+                f"tokenizer file {model_path} does not parse as a SentencePiece model; "
+                f"{integrity.TOKENIZER_FIX}"
+            ) from None
         self.vocab_size = self.processor.get_piece_size()
         self.fingerprint = hashlib.sha256(model_path.read_bytes()).hexdigest()
         pieces = [self.processor.id_to_piece(i) for i in range(5)]

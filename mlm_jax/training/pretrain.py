@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mlm_jax import distributed
-from mlm_jax.data import baselines, pipeline
+from mlm_jax.data import baselines, integrity, pipeline
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 from mlm_jax.model import encoder as model
@@ -90,6 +90,7 @@ class Evaluator:
 
 def run(config, workdir: str) -> dict:
     """Train ``config`` in ``workdir``; resumes by itself. Returns the final summary."""
+    integrity.check_inputs(config)  # a damaged copy stops here, before anything is written
     workdir_path = Path(workdir).resolve()
     tokenizer = pipeline.load_checked_tokenizer(config)
     mesh = sharding.make_mesh(config)
@@ -152,6 +153,7 @@ def evaluate_run(
     if mask_rate is not None and not 0.0 < mask_rate < 1.0:
         raise UserError(f"--mask-rate {mask_rate} must be in (0, 1); e.g. 0.15")
     config = eval_config(config, mask_rate)
+    integrity.check_inputs(config)
     tokenizer_lib.load(config.data.tokenizer)
     mesh = sharding.make_mesh(config)
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
