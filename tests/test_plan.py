@@ -1,7 +1,7 @@
 """`mlm-jax plan`: slices, collectives and memory of programs compiled for TPU devices.
 
 Every compile here is real: libtpu's compile-only devices on this CPU host (the `tpu`
-extra), nothing faked. The presets' own plans are in tests/test_presets_plan.py.
+extra), nothing faked. The presets' own plans are in tests/test_aot_presets.py.
 """
 
 import json
