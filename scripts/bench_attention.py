@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax.model import encoder as model_lib
+from mlm_jax.model import attention as attention_lib
 
 
 def packed_inputs(batch: int, seq: int, heads: int, head_dim: int):
@@ -31,14 +31,14 @@ def packed_inputs(batch: int, seq: int, heads: int, head_dim: int):
     segments = np.zeros((batch, seq), np.int32)
     segments[:, :first], segments[:, first : first + second] = 1, 2
     segments = jnp.asarray(segments)
-    return q, k, v, model_lib.Segments(segments, model_lib.segment_mask(segments))
+    return q, k, v, attention_lib.Segments(segments, attention_lib.segment_mask(segments))
 
 
 def value_and_grads(path: str, dtype):
     """jit of (output, d/dq, d/dk, d/dv) of a fixed random projection of the output."""
 
     def loss(q, k, v, mask, probe):
-        out = model_lib.attention(
+        out = attention_lib.attention(
             q, k, v, mask, dtype=dtype, dropout_rate=0.0, key=None, kernel=path
         )
         return jnp.sum(out * probe), out

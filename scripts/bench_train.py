@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from mlm_jax import config as config_lib
+from mlm_jax.model import attention as attention_lib
 from mlm_jax.model import encoder as model_lib
 from mlm_jax.model import precision, sharding
 from mlm_jax.training import perf
@@ -95,7 +96,7 @@ def main() -> None:
                 "overrides": args.set,
                 "family": config.model.family,
                 "dtype": config.model.dtype,
-                "attention": model_lib.attention_path(
+                "attention": attention_lib.attention_path(
                     config.model.attention_kernel,
                     precision.compute_dtype(config.model.dtype),
                     config.model.attention_dropout_rate,

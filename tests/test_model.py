@@ -9,6 +9,7 @@ from flax import nnx
 
 from mlm_jax import config as config_lib
 from mlm_jax.errors import UserError
+from mlm_jax.model import attention as attention_lib
 from mlm_jax.model import encoder as model_lib
 
 VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
@@ -129,12 +130,12 @@ def test_explicit_attention_path_matches_dot_product_attention():
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(key, (2, SEQ, 4, 8)) for key in keys)
     segments = jnp.asarray(np.repeat([[1, 1, 2, 0]], SEQ // 4, axis=1).repeat(2, 0))
-    mask = model_lib.segment_mask(segments)
+    mask = attention_lib.segment_mask(segments)
     reference = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    explicit = model_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
+    explicit = attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
     np.testing.assert_allclose(explicit, reference, rtol=1e-5, atol=1e-5)
     # The bf16 path is the same function up to bf16 rounding of the operands.
-    low = model_lib.explicit_attention(q, k, v, mask, jnp.bfloat16, 0.0, None)
+    low = attention_lib.explicit_attention(q, k, v, mask, jnp.bfloat16, 0.0, None)
     reference_low = jax.nn.dot_product_attention(
         *(t.astype(jnp.bfloat16) for t in (q, k, v)), mask=mask
     ).astype(jnp.float32)
@@ -299,13 +300,13 @@ def test_attention_path_follows_dtype_dropout_and_backend():
     """auto: XLA's kernel for fp32, cuDNN's fused one only for bf16 on a GPU, and the
     products written out whenever dropout applies; explicit is obeyed."""
     on_gpu = jax.default_backend() == "gpu"
-    assert model_lib.attention_path("auto", jnp.float32, 0.0) == "xla"
-    assert model_lib.attention_path("auto", jnp.float32, 0.1) == "explicit"
-    assert model_lib.attention_path("auto", jnp.bfloat16, 0.1) == "explicit"
-    assert model_lib.attention_path("auto", jnp.bfloat16, 0.0) == (
+    assert attention_lib.attention_path("auto", jnp.float32, 0.0) == "xla"
+    assert attention_lib.attention_path("auto", jnp.float32, 0.1) == "explicit"
+    assert attention_lib.attention_path("auto", jnp.bfloat16, 0.1) == "explicit"
+    assert attention_lib.attention_path("auto", jnp.bfloat16, 0.0) == (
         "cudnn" if on_gpu else "explicit"
     )
-    assert model_lib.attention_path("explicit", jnp.float32, 0.0) == "explicit"
+    assert attention_lib.attention_path("explicit", jnp.float32, 0.0) == "explicit"
 
 
 def test_attention_kernel_is_auto_or_explicit():

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlm_jax.model import encoder as model_lib
+from mlm_jax.model import attention as attention_lib
 from mlm_jax.model import sharding, splash
 
 
@@ -29,9 +29,9 @@ def _value_and_grads(attend, q, k, v, probe):
 
 def test_splash_forward_and_backward_match_the_explicit_path():
     q, k, v, probe, segments = _packed()
-    mask = model_lib.segment_mask(segments)
+    mask = attention_lib.segment_mask(segments)
     explicit = _value_and_grads(
-        lambda q, k, v: model_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None),
+        lambda q, k, v: attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None),
         q, k, v, probe,
     )  # fmt: skip
     kernel = _value_and_grads(
@@ -49,8 +49,8 @@ def test_splash_runs_per_device_under_the_mesh():
     config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     mesh = sharding.make_mesh(config)
     q, k, v, probe, segments = _packed(batch=4)
-    mask = model_lib.segment_mask(segments)
-    reference = model_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
+    mask = attention_lib.segment_mask(segments)
+    reference = attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
 
     def attend(q, k, v, segments):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
@@ -63,9 +63,9 @@ def test_splash_runs_per_device_under_the_mesh():
 
 
 def test_auto_picks_splash_only_on_tpu_without_dropout():
-    with model_lib.compiling_for("tpu"):
-        assert model_lib.attention_path("auto", jnp.bfloat16, 0.0, 1024) == "splash"
-        assert model_lib.attention_path("auto", jnp.float32, 0.0, 128) == "splash"
-        assert model_lib.attention_path("auto", jnp.bfloat16, 0.1, 1024) == "explicit"
-        assert model_lib.attention_path("auto", jnp.bfloat16, 0.0, 100) == "explicit"
-    assert model_lib.attention_path("auto", jnp.bfloat16, 0.0, 1024) != "splash"
+    with attention_lib.compiling_for("tpu"):
+        assert attention_lib.attention_path("auto", jnp.bfloat16, 0.0, 1024) == "splash"
+        assert attention_lib.attention_path("auto", jnp.float32, 0.0, 128) == "splash"
+        assert attention_lib.attention_path("auto", jnp.bfloat16, 0.1, 1024) == "explicit"
+        assert attention_lib.attention_path("auto", jnp.bfloat16, 0.0, 100) == "explicit"
+    assert attention_lib.attention_path("auto", jnp.bfloat16, 0.0, 1024) != "splash"

@@ -103,12 +103,9 @@ def check_tokenizer(directory: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"tokenizer file {meta_path} is not valid JSON; {TOKENIZER_FIX}") from None
     for name, entry in _recorded(meta).items():
-        path = directory / name
-        problem = _size_problem(path, entry["bytes"])
-        if problem is None and checksum(path) != entry["checksum"]:
-            problem = "does not match its checksum (other bytes than were written)"
+        problem = _content_problem(directory / name, entry)
         if problem:
-            raise UserError(f"tokenizer file {path} {problem}; {TOKENIZER_FIX}")
+            raise UserError(f"tokenizer file {directory / name} {problem}; {TOKENIZER_FIX}")
 
 
 def check_inputs(config) -> None:
@@ -131,12 +128,18 @@ def check_inputs(config) -> None:
 # ----------------------------------------------------------------------------- full check
 
 
-def _damage(root: Path, name: str, entry: dict) -> str | None:
-    """What is wrong with one recorded file, reading all of it; None when it is whole."""
-    path = root / name
+def _content_problem(path: Path, entry: dict) -> str | None:
+    """A recorded file's size, then its checksum; None when both match."""
     problem = _size_problem(path, entry["bytes"])
     if problem is None and checksum(path) != entry["checksum"]:
         problem = "does not match its checksum (other bytes than were written)"
+    return problem
+
+
+def _damage(root: Path, name: str, entry: dict) -> str | None:
+    """What is wrong with one recorded file, reading all of it; None when it is whole."""
+    path = root / name
+    problem = _content_problem(path, entry)
     if problem is None and ".array_record" in name:
         problem = _unreadable(path)
     return problem

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlm_jax.model.encoder import Dense, Encoder, LayerNorm, dropout, gelu
+from mlm_jax.model.attention import dropout
+from mlm_jax.model.encoder import Dense, Encoder, LayerNorm, gelu
 
 
 class CrossEncoder(nnx.Module):

@@ -1,8 +1,8 @@
 """The encoder: BERT (post-LN) and ModernBERT-style (pre-LN, rotary, GeGLU) in Flax NNX.
 
-Read top to bottom: building blocks (Dense, LayerNorm, attention), the two block
-families, the embeddings, the MLM head, then the :class:`Encoder` that ties them
-together, and finally ``param_count`` / ``flops_per_token``.
+Read top to bottom: building blocks (Dense, LayerNorm; attention lives in
+:mod:`mlm_jax.model.attention`), the two block families, the embeddings, the MLM
+head, then the :class:`Encoder` that ties them together, and finally ``param_count`` / ``flops_per_token``.
 
 Parameters are float32 and every one carries logical axis names (see
 ``mlm_jax.model.sharding.LOGICAL_RULES``). Every matrix product goes through
@@ -46,10 +46,7 @@ HF ModernBERT's ``norm_eps`` is ``model.layer_norm_eps``; its rotary theta is
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +55,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mlm_jax.config import Config, ModelConfig
 from mlm_jax.model import precision, sharding
+from mlm_jax.model.attention import Segments, attention, dropout, segment_mask
 from mlm_jax.model.sharding import constrain
 
 # Large enough that padded vocab columns never win a softmax or an argmax, small
@@ -73,14 +71,6 @@ def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None,
     """A float32 parameter carrying logical axis names (sharded later, not eagerly)."""
     init = nnx.with_partitioning(init, axes, eager_sharding=False)
     return nnx.Param(init(rngs.params(), shape, jnp.float32))
-
-
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; ``key=None`` means deterministic (eval)."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def _split_key(key: jax.Array | None, count: int) -> list[jax.Array | None]:
@@ -136,102 +126,6 @@ class LayerNorm(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...]
         return y
-
-
-# ----------------------------------------------------------------------------- attention
-
-
-class Segments(NamedTuple):
-    """Which document each token belongs to, as ids and as the dense mask they imply."""
-
-    ids: jax.Array  # [B, L] int32: 1, 2, ... per packed document, 0 for padding
-    mask: jax.Array  # [B, 1, L, L] bool; XLA drops it where a kernel takes the ids
-
-
-_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "target_platform", default=None
-)
-
-
-@contextlib.contextmanager
-def compiling_for(platform: str):
-    """Trace attention for ``platform`` (the mesh's devices), not this process's backend:
-    ``mlm-jax plan`` traces on a CPU host for compile-only TPU devices."""
-    token = _TARGET_PLATFORM.set(platform)
-    try:
-        yield
-    finally:
-        _TARGET_PLATFORM.reset(token)
-
-
-def segment_mask(segment_ids: jax.Array) -> jax.Array:
-    """``[B, 1, L, L]`` bool: query attends key iff both are in the same segment.
-
-    Padding (segment 0) attends only padding, so no row is fully masked (no NaNs) and
-    real tokens never see padding or another packed document.
-    """
-    return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-
-
-@jax.named_scope("attention")
-def attention(q, k, v, segments: Segments, *, dtype, dropout_rate: float, key, kernel="auto"):
-    """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
-
-    Four paths compute the same function (the CPU ones tested, splash in Pallas'
-    interpret mode; the cuDNN one checked on a GPU by ``scripts/bench_attention.py``),
-    chosen by :func:`attention_path`. Returns float32.
-    """
-    path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0, q.shape[1])
-    mask = segments.mask
-    if path == "explicit":
-        return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
-    if path == "splash":
-        from mlm_jax.model import splash
-
-        return splash.splash_attention(q, k, v, segments.ids, dtype)
-    q, k, v = (t.astype(dtype) for t in (q, k, v))
-    implementation = "cudnn" if path == "cudnn" else None
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-    return out.astype(jnp.float32)
-
-
-def attention_path(kernel: str, dtype, dropout_rate: float, length: int = 128) -> str:
-    """Which attention implementation a layer traces: ``explicit``, ``xla``, ``cudnn``
-    or ``splash``.
-
-    * on a TPU without dropout, rows a multiple of 128 long: Pallas' splash kernel
-      (:mod:`mlm_jax.model.splash`), flash attention with segment ids, in either dtype.
-
-    * fp32 without dropout: ``jax.nn.dot_product_attention`` (XLA's own lowering).
-    * bf16 on a GPU without dropout: cuDNN's fused flash-attention kernel. Its forward
-      and backward products take bf16 operands and accumulate in fp32 inside the
-      kernel, as the policy asks, and the ``[B, H, L, L]`` scores never reach memory,
-      which at sequence 512 is most of the step's memory traffic.
-    * everything else: the products written out under the precision policy.
-      ``dot_product_attention`` has no dropout on the probabilities, and its XLA
-      backward runs both products on float32 cotangents, which would put bf16 training
-      back on the fp32 units.
-    """
-    if kernel != "auto":  # the config's "explicit", or a path named by a benchmark
-        return kernel
-    if dropout_rate > 0.0:
-        return "explicit"
-    # Chosen where the program is traced, so a run trained on GPUs evaluates on a CPU.
-    platform = _TARGET_PLATFORM.get() or jax.default_backend()
-    if platform == "tpu" and length % 128 == 0:
-        return "splash"
-    if dtype == jnp.float32:
-        return "xla"
-    return "cudnn" if platform == "gpu" else "explicit"
-
-
-def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key: jax.Array | None):
-    """Softmax attention written out: both products under the precision policy."""
-    scale = q.shape[-1] ** -0.5
-    logits = precision.einsum("bqhd,bkhd->bhqk", q, k, dtype) * scale  # [B, H, L, L] f32
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # float32
-    return precision.einsum("bhqk,bkhd->bqhd", probs, v, dtype)
 
 
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:

@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mlm_jax.config import Config
-from mlm_jax.model.encoder import Encoder, abstract_encoder, compiling_for
+from mlm_jax.model.attention import compiling_for
+from mlm_jax.model.encoder import Encoder, abstract_encoder
 from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, tree_shardings
 from mlm_jax.training.losses import MLM, Objective
 from mlm_jax.training.optim import make_optimizer

@@ -1,0 +1,119 @@
+"""Attention of the encoder: the segment mask, the paths that compute it, and dropout.
+
+Every path computes softmax attention within each packed document (a query sees a key
+only in its own segment; padding only padding). :func:`attention_path` chooses the path
+for the platform the program is traced for (:func:`compiling_for`), which `mlm-jax plan`
+sets to TPU on a CPU host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mlm_jax.model import precision
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; ``key=None`` means deterministic (eval)."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Segments(NamedTuple):
+    """Which document each token belongs to, as ids and as the dense mask they imply."""
+
+    ids: jax.Array  # [B, L] int32: 1, 2, ... per packed document, 0 for padding
+    mask: jax.Array  # [B, 1, L, L] bool; XLA drops it where a kernel takes the ids
+
+
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "target_platform", default=None
+)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+    """Trace attention for ``platform`` (the mesh's devices), not this process's backend:
+    ``mlm-jax plan`` traces on a CPU host for compile-only TPU devices."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """``[B, 1, L, L]`` bool: query attends key iff both are in the same segment.
+
+    Padding (segment 0) attends only padding, so no row is fully masked (no NaNs) and
+    real tokens never see padding or another packed document.
+    """
+    return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+
+
+@jax.named_scope("attention")
+def attention(q, k, v, segments: Segments, *, dtype, dropout_rate: float, key, kernel="auto"):
+    """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
+
+    Four paths compute the same function (the CPU ones tested, splash in Pallas'
+    interpret mode; the cuDNN one checked on a GPU by ``scripts/bench_attention.py``),
+    chosen by :func:`attention_path`. Returns float32.
+    """
+    path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0, q.shape[1])
+    mask = segments.mask
+    if path == "explicit":
+        return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
+    if path == "splash":
+        from mlm_jax.model import splash
+
+        return splash.splash_attention(q, k, v, segments.ids, dtype)
+    q, k, v = (t.astype(dtype) for t in (q, k, v))
+    implementation = "cudnn" if path == "cudnn" else None
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return out.astype(jnp.float32)
+
+
+def attention_path(kernel: str, dtype, dropout_rate: float, length: int = 128) -> str:
+    """Which attention implementation a layer traces: ``explicit``, ``xla``, ``cudnn``
+    or ``splash``.
+
+    * on a TPU without dropout, rows a multiple of 128 long: Pallas' splash kernel
+      (:mod:`mlm_jax.model.splash`), flash attention with segment ids, in either dtype.
+
+    * fp32 without dropout: ``jax.nn.dot_product_attention`` (XLA's own lowering).
+    * bf16 on a GPU without dropout: cuDNN's fused flash-attention kernel. Its forward
+      and backward products take bf16 operands and accumulate in fp32 inside the
+      kernel, as the policy asks, and the ``[B, H, L, L]`` scores never reach memory,
+      which at sequence 512 is most of the step's memory traffic.
+    * everything else: the products written out under the precision policy.
+      ``dot_product_attention`` has no dropout on the probabilities, and its XLA
+      backward runs both products on float32 cotangents, which would put bf16 training
+      back on the fp32 units.
+    """
+    if kernel != "auto":  # the config's "explicit", or a path named by a benchmark
+        return kernel
+    if dropout_rate > 0.0:
+        return "explicit"
+    # Chosen where the program is traced, so a run trained on GPUs evaluates on a CPU.
+    platform = _TARGET_PLATFORM.get() or jax.default_backend()
+    if platform == "tpu" and length % 128 == 0:
+        return "splash"
+    if dtype == jnp.float32:
+        return "xla"
+    return "cudnn" if platform == "gpu" else "explicit"
+
+
+def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key: jax.Array | None):
+    """Softmax attention written out: both products under the precision policy."""
+    scale = q.shape[-1] ** -0.5
+    logits = precision.einsum("bqhd,bkhd->bhqk", q, k, dtype) * scale  # [B, H, L, L] f32
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # float32
+    return precision.einsum("bhqk,bkhd->bqhd", probs, v, dtype)
