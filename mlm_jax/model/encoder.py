@@ -2,7 +2,8 @@
 
 Read top to bottom: building blocks (Dense, LayerNorm; attention lives in
 :mod:`mlm_jax.model.attention`), the two block families, the embeddings, the MLM
-head, then the :class:`Encoder` that ties them together, and finally ``param_count`` / ``flops_per_token``.
+head, then the :class:`Encoder` that ties them together, and finally ``param_count`` /
+``flops_per_token``.
 
 Parameters are float32 and every one carries logical axis names (see
 ``mlm_jax.model.sharding.LOGICAL_RULES``). Every matrix product goes through
