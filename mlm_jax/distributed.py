@@ -9,7 +9,10 @@ nothing at all for a single process. On CPU the collectives go over gloo.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from mlm_jax.errors import UserError
 
@@ -23,6 +26,10 @@ _ENV = {
 # MLM_JAX_HEARTBEAT_TIMEOUT_S overrides it (tests use a few seconds).
 HEARTBEAT_TIMEOUT_S = 30
 INIT_TIMEOUT_S = 120
+# Room for one process's error line when the processes share why one of them stopped.
+MESSAGE_BYTES = 2048
+
+T = TypeVar("T")
 
 
 def _from_env(value, key: str, cast=str):
@@ -112,3 +119,54 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def together(action: Callable[[], T], where: str) -> T:
+    """``action()`` on every process; if it fails on any, every process stops.
+
+    Some failures happen on one host only: its copy of a shard is damaged, its disk
+    lost a file. That process must not simply exit: the others would wait for it in
+    the next collective until the coordination service declares it dead, and each would
+    print a traceback. So the processes share whether ``action`` raised a
+    :class:`UserError`, and if one did, each raises one naming the process, its host and
+    the error. Every process must call this at the same point (it is a collective).
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return action()
+    try:
+        result, failure = action(), None
+    except UserError as error:
+        result, failure = None, str(error)
+    stopped = _failures_of_all_processes(failure)
+    if not stopped:
+        return result
+    process, message = stopped[0]
+    more = f" (and {len(stopped) - 1} more)" if len(stopped) > 1 else ""
+    raise UserError(
+        f"process {process} of {jax.process_count()}{more} stopped the run at {where}, {message}"
+    )
+
+
+def _failures_of_all_processes(failure: str | None) -> list[tuple[int, str]]:
+    """(process index, "on HOST: error") of every process that failed, in process order.
+
+    One int per process each call; the messages travel (fixed-size byte arrays, the shape
+    a collective needs) only when some process failed.
+    """
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    failed = multihost_utils.process_allgather(np.int32(failure is not None))
+    if not failed.any():
+        return []
+    text = np.zeros(MESSAGE_BYTES, np.uint8)
+    if failure is not None:
+        encoded = f"on {socket.gethostname()}: {failure}".encode()[:MESSAGE_BYTES]
+        text[: len(encoded)] = np.frombuffer(encoded, np.uint8)
+    texts = multihost_utils.process_allgather(text)
+    return [
+        (int(p), bytes(texts[p]).rstrip(b"\0").decode(errors="replace"))
+        for p in np.flatnonzero(failed)
+    ]

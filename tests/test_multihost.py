@@ -329,3 +329,72 @@ def test_launcher_stops_every_process_when_one_fails(tmp_path):
     log0 = (tmp_path / "logs" / "process-0.log").read_text()
     assert re.search(r"process 0 of 2 at 127\.0\.0\.1:\d+ .*device_count=3 args -m mlm_jax", log0)
     assert "--xla_force_host_platform_device_count=8" not in log0
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _by_hand(configs: list[Path], workdir: Path, logs: list[Path], *args) -> list[int]:
+    """Two processes started without the launcher, each with its own config (the launcher
+    would give both the same, and would stop the survivor itself); their exit codes."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(_env(4), MLM_JAX_COORDINATOR=f"127.0.0.1:{port}", MLM_JAX_NUM_PROCESSES="2")
+    children = []
+    for p, (config, log) in enumerate(zip(configs, logs, strict=True)):
+        with log.open("w") as stream:
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "mlm_jax.cli", "train", "--config", str(config),
+                 "--workdir", str(workdir), *args],
+                stdout=subprocess.DEVNULL, stderr=stream, env=dict(env, MLM_JAX_PROCESS_ID=str(p)),
+            ))  # fmt: skip
+    try:
+        return [child.wait(timeout=RUN_TIMEOUT_S) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def test_damage_on_one_host_stops_every_process_in_one_line_and_a_repaired_rerun_resumes_exactly(
+    run_inputs, runs, resumed, tmp_path
+):
+    """Process 1 reads its own copy of the dataset (as hosts with local disks do), damaged
+    in place (same size) before the run resumes from the 1-process step-10 checkpoint."""
+    import yaml
+
+    local = tmp_path / "host-1-data"
+    shutil.copytree(run_inputs["data"], local)
+    (shard,) = local.rglob("*-train.array_record-*")
+    original = shard.read_bytes()
+    cut = len(original) // 10  # zeros over the middle 80%: most records become unreadable
+    shard.write_bytes(original[:cut] + bytes(len(original) - 2 * cut) + original[-cut:])
+    settings = yaml.safe_load(runs["config"].read_text())
+    settings["data"]["source"] = str(local)
+    host_1 = tmp_path / "host-1.yaml"
+    host_1.write_text(yaml.safe_dump(settings))
+    configs = [runs["config"], host_1]
+    workdir = tmp_path / "run"
+    shutil.copytree(runs["one"], workdir)
+    checkpoints = _digest(workdir / "checkpoints")
+    more = ("--set", f"train.steps={MORE_STEPS}")
+
+    logs = [tmp_path / f"stopped-{p}.log" for p in range(2)]
+    assert _by_hand(configs, workdir, logs, *more) == [2, 2], [x.read_text() for x in logs]
+    for log in logs:  # each process: its start, then exactly one line, naming host 1's file
+        text = log.read_text()
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in text, text[-3000:]
+        assert text.rstrip().endswith(errors[0])
+        assert f"process 1 of 2 stopped the run at step {STEPS + 1}" in errors[0], errors[0]
+        assert str(shard) in errors[0] and "does not match its checksum" in errors[0]
+    assert _digest(workdir / "checkpoints") == checkpoints  # the newest one untouched
+
+    shard.write_bytes(original)  # restored: the run goes on exactly as the undamaged one did
+    logs = [tmp_path / f"repaired-{p}.log" for p in range(2)]
+    assert _by_hand(configs, workdir, logs, *more) == [0, 0], logs[0].read_text()[-3000:]
+    reference = _train_losses(resumed["one_then_two"])
+    assert _train_losses(workdir) == reference, (_train_losses(workdir), reference)

@@ -102,7 +102,9 @@ class Window:
     def fetch(self, next_batch: Callable[[int], dict], step_number: int, mesh) -> dict:
         """The next global batch, timing how long the loop waited for it."""
         started = time.perf_counter()
-        batch = sharding.host_batch_to_global(next_batch(step_number), mesh)
+        # A process whose data turns out damaged stops every process, before the step.
+        host = distributed.together(lambda: next_batch(step_number), f"step {step_number + 1}")
+        batch = sharding.host_batch_to_global(host, mesh)
         self.waiting += time.perf_counter() - started
         return batch
 

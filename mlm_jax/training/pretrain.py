@@ -90,7 +90,8 @@ class Evaluator:
 
 def run(config, workdir: str) -> dict:
     """Train ``config`` in ``workdir``; resumes by itself. Returns the final summary."""
-    integrity.check_inputs(config)  # a damaged copy stops here, before anything is written
+    # A damaged copy stops every process here, before anything is written.
+    distributed.together(lambda: integrity.check_inputs(config), "the start")
     workdir_path = Path(workdir).resolve()
     tokenizer = pipeline.load_checked_tokenizer(config)
     mesh = sharding.make_mesh(config)
@@ -153,7 +154,7 @@ def evaluate_run(
     if mask_rate is not None and not 0.0 < mask_rate < 1.0:
         raise UserError(f"--mask-rate {mask_rate} must be in (0, 1); e.g. 0.15")
     config = eval_config(config, mask_rate)
-    integrity.check_inputs(config)
+    distributed.together(lambda: integrity.check_inputs(config), "the start")
     tokenizer_lib.load(config.data.tokenizer)
     mesh = sharding.make_mesh(config)
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
