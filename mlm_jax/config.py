@@ -42,7 +42,28 @@ class ModelConfig(_Section):
         0.1, ge=0.0, lt=1.0, description="dropout on attention probabilities"
     )
     layer_norm_eps: float = Field(1e-12, gt=0.0, description="epsilon of every layer norm")
-    rope_theta: float = Field(160000.0, gt=0.0, description="rotary base frequency, modern only")
+    rope_theta: float = Field(
+        160000.0, gt=0.0, description="rotary base frequency of the global layers, modern only"
+    )
+    local_rope_theta: float = Field(
+        10000.0, gt=0.0, description="rotary base frequency of the sliding-window layers, modern"
+    )
+    global_attn_every_n_layers: int = Field(
+        3,
+        ge=1,
+        description="modern: layer i attends globally when i % n == 0, the others through a "
+        "sliding window (ModernBERT: 3); 1 makes every layer global",
+    )
+    local_attention: int = Field(
+        128,
+        ge=2,
+        description="modern: width of the sliding window; a token sees the tokens at most "
+        "local_attention // 2 positions away, within its own document (ModernBERT: 128)",
+    )
+    attention_bias: bool = Field(False, description="modern: biases in Wqkv and Wo")
+    mlp_bias: bool = Field(False, description="modern: biases in the MLP's Wi and Wo")
+    norm_bias: bool = Field(False, description="modern: biases in every layer norm")
+    classifier_bias: bool = Field(False, description="modern: a bias in the MLM head's dense")
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="compute dtype; parameters and optimizer state stay float32"
     )
@@ -70,7 +91,19 @@ class ModelConfig(_Section):
             )
         if self.family == "modern" and (self.hidden_size // self.num_heads) % 2:
             raise ValueError("model.family=modern needs an even head size for rotary embeddings")
+        modern_only = ("attention_bias", "mlp_bias", "norm_bias", "classifier_bias")
+        if self.family == "bert" and any(getattr(self, f) for f in modern_only):
+            raise ValueError(
+                "model.attention_bias/mlp_bias/norm_bias/classifier_bias choose the modern "
+                "family's biases; BERT has them all: leave them false with family=bert"
+            )
         return self
+
+    def attention_window(self, layer: int) -> int | None:
+        """Tokens seen on either side by ``layer``'s sliding window; None: a global layer."""
+        if self.family != "modern" or layer % self.global_attn_every_n_layers == 0:
+            return None
+        return self.local_attention // 2
 
     @property
     def padded_vocab_size(self) -> int:

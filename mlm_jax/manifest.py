@@ -100,7 +100,8 @@ def check_resumable(previous: dict, current: dict) -> None:
 
 _SHAPE_KEYS = (
     "family", "num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
-    "max_position_embeddings", "type_vocab_size",
+    "max_position_embeddings", "type_vocab_size", "attention_bias", "mlp_bias", "norm_bias",
+    "classifier_bias",
 )  # fmt: skip
 
 

@@ -251,7 +251,12 @@ def _to_hf_modern(model: model_lib.Encoder):
             max_position_embeddings=cfg.max_position_embeddings,
             norm_eps=cfg.layer_norm_eps,
             global_rope_theta=cfg.rope_theta,
-            layer_types=["full_attention"] * cfg.num_layers,
+            local_rope_theta=cfg.local_rope_theta,
+            local_attention=cfg.local_attention,
+            layer_types=[
+                "full_attention" if cfg.attention_window(n) is None else "sliding_attention"
+                for n in range(cfg.num_layers)
+            ],
             pad_token_id=0,
             attn_implementation="eager",
         )

@@ -31,14 +31,15 @@ from mlm_jax.model.encoder import abstract_encoder
 
 # ----------------------------------------------------------------------------- tensor names
 
-# Kinds of leaves: "kernel" (transposed to torch [out, in]), "plain" (same array),
-# "vocab" (first axis cut to model.vocab_size on export, zero-padded on import).
+# Kinds of leaves: "kernel" (transposed to torch [out, in]), "bias" (flattened: a fused
+# Wqkv's [3, D] is torch's [3D]), "plain" (same array), "vocab" (first axis cut to
+# model.vocab_size on export, zero-padded on import).
 
 
 def _dense(ours: tuple, hf: str) -> list[tuple[tuple, str, str]]:
     return [
         (ours + ("kernel",), f"{hf}.weight", "kernel"),
-        (ours + ("bias",), f"{hf}.bias", "plain"),
+        (ours + ("bias",), f"{hf}.bias", "bias"),
     ]
 
 
@@ -125,6 +126,8 @@ def to_hf_state_dict(config: Config, params: nnx.State) -> dict[str, np.ndarray]
         value = np.asarray(var.get_value(), dtype=np.float32)
         if kind == "kernel":
             value = value.reshape(value.shape[0], -1).T
+        elif kind == "bias":
+            value = value.reshape(-1)
         elif kind == "vocab":
             value = value[: cfg.vocab_size]
         tensors[hf_name] = np.ascontiguousarray(value)
@@ -155,7 +158,7 @@ def from_hf_state_dict(config: Config, tensors: dict[str, np.ndarray]) -> nnx.St
                 f"tensor {hf_name!r} has shape {value.shape}, the config expects {expected}; "
                 "set model.* to the checkpoint's values (see `hf_model_config`)"
             )
-        if kind == "kernel":
+        if kind in ("kernel", "bias"):
             value = value.T.reshape(shape)
         elif kind == "vocab":
             value = np.concatenate([value, np.zeros((shape[0] - value.shape[0], *shape[1:]))])
@@ -166,6 +169,8 @@ def from_hf_state_dict(config: Config, tensors: dict[str, np.ndarray]) -> nnx.St
 def _hf_shape(shape: tuple[int, ...], kind: str, vocab_size: int) -> tuple[int, ...]:
     if kind == "kernel":
         return (int(np.prod(shape[1:])), shape[0])
+    if kind == "bias":
+        return (int(np.prod(shape)),)
     if kind == "vocab":
         return (vocab_size, *shape[1:])
     return shape
@@ -217,7 +222,10 @@ def hf_config(config: Config) -> dict[str, Any]:
             "classifier_dropout": None,
         }
     max_positions = hf_max_positions(config)
-    rope = {"rope_type": "default", "rope_theta": m.rope_theta}
+    types = [
+        "full_attention" if m.attention_window(n) is None else "sliding_attention"
+        for n in range(m.num_layers)
+    ]
     return {
         "architectures": ["ModernBertForMaskedLM"],
         "model_type": "modernbert",
@@ -226,23 +234,25 @@ def hf_config(config: Config) -> dict[str, Any]:
         "classifier_activation": "gelu",  # the MLM head's transform activation
         "max_position_embeddings": max_positions,
         "norm_eps": m.layer_norm_eps,
-        "norm_bias": False,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "classifier_bias": False,  # head.dense has no bias
+        "norm_bias": m.norm_bias,
+        "attention_bias": m.attention_bias,
+        "mlp_bias": m.mlp_bias,
+        "classifier_bias": m.classifier_bias,  # head.dense
         "decoder_bias": True,
         "embedding_dropout": m.dropout_rate,
         "attention_dropout": m.attention_dropout_rate,
         "mlp_dropout": m.dropout_rate,
         "classifier_dropout": 0.0,
         "classifier_pooling": "cls",
-        # Every layer is global: our model has no sliding-window attention.
-        "layer_types": ["full_attention"] * m.num_layers,
-        "global_attn_every_n_layers": 1,
-        "local_attention": max_positions + max_positions % 2,
-        "rope_parameters": {"full_attention": dict(rope), "sliding_attention": dict(rope)},
+        "layer_types": types,
+        "global_attn_every_n_layers": m.global_attn_every_n_layers,
+        "local_attention": m.local_attention,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": m.rope_theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": m.local_rope_theta},
+        },
         "global_rope_theta": m.rope_theta,  # transformers 4.x reads these two
-        "local_rope_theta": m.rope_theta,
+        "local_rope_theta": m.local_rope_theta,
         "initializer_cutoff_factor": 2.0,
         "cls_token_id": tokenizer_lib.CLS_ID,
         "sep_token_id": tokenizer_lib.SEP_ID,

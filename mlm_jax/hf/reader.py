@@ -1,8 +1,9 @@
 """Bringing Hugging Face BERT checkpoints in: ``model.init_from: hf:PATH``, ``predict`` on HF dirs.
 
 Reads ``config.json`` and ``model.safetensors`` (never pickle) of a ``BertModel``,
-``BertForMaskedLM`` or all-global, bias-free ``ModernBertForMaskedLM``, checks the shapes
-against ``model.*``, and creates a missing MLM head the way ``transformers`` does, with one
+``BertForMaskedLM`` or ``ModernBertForMaskedLM`` (sliding-window and global layers in
+ModernBERT's pattern, with or without biases), checks the shapes against ``model.*``,
+and creates a missing MLM head the way ``transformers`` does, with one
 warning listing it. Tensor names come from :mod:`mlm_jax.export`'s table.
 """
 
@@ -82,13 +83,17 @@ def _modern_model_config(path: Path, hf: dict[str, Any]) -> dict[str, Any]:
         "full_attention" if i % hf.get("global_attn_every_n_layers", 3) == 0 else "sliding"
         for i in range(layers)
     ]
-    flags = ("attention_bias", "mlp_bias", "norm_bias", "classifier_bias")
-    if any(t != "full_attention" for t in types) or any(hf.get(f) for f in flags):
+    rope = hf.get("rope_parameters") or {}
+    full, sliding = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
+    scaled = {k.get("rope_type", "default") for k in (full, sliding)} - {"default"}
+    if scaled:
         raise UserError(
-            f"{path} uses sliding-window attention or biases that our modern family lacks; "
-            "only all-global, bias-free ModernBERTs import"
+            f"{path} scales its rotary embeddings ({', '.join(sorted(scaled))}); only the "
+            "default rotary embedding imports"
         )
-    rope = (hf.get("rope_parameters") or {}).get("full_attention") or {}
+    for field in ("hidden_activation", "classifier_activation"):
+        if hf.get(field, "gelu") != "gelu":
+            raise UserError(f"{path} uses {field}={hf[field]!r}; only gelu (exact erf) imports")
     return {
         "family": "modern",
         "num_layers": layers,
@@ -98,8 +103,28 @@ def _modern_model_config(path: Path, hf: dict[str, Any]) -> dict[str, Any]:
         "vocab_size": hf["vocab_size"],
         "max_position_embeddings": hf.get("max_position_embeddings", 8192),
         "layer_norm_eps": hf.get("norm_eps", 1e-5),
-        "rope_theta": rope.get("rope_theta", hf.get("global_rope_theta", 160000.0)),
+        "rope_theta": full.get("rope_theta", hf.get("global_rope_theta", 160000.0)),
+        "local_rope_theta": sliding.get("rope_theta", hf.get("local_rope_theta", 10000.0)),
+        "global_attn_every_n_layers": _global_interval(path, types),
+        "local_attention": hf.get("local_attention", 128),
+        **{f: bool(hf.get(f, False)) for f in _MODERN_BIASES},
     }
+
+
+_MODERN_BIASES = ("attention_bias", "mlp_bias", "norm_bias", "classifier_bias")
+
+
+def _global_interval(path: Path, types: list[str]) -> int:
+    """The n of a layer pattern where layer i is global exactly when i % n == 0."""
+    layers = len(types)
+    globals_ = [i for i, kind in enumerate(types) if kind == "full_attention"]
+    every = globals_[1] if len(globals_) > 1 else layers
+    if globals_ != list(range(0, layers, every)):
+        raise UserError(
+            f"{path} places its global-attention layers at {globals_}; only the pattern "
+            "'layer i is global when i % n == 0' (ModernBERT's) imports"
+        )
+    return every
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -133,9 +158,12 @@ def _head_defaults(config: Config, hf: dict[str, Any], seed: int) -> dict[str, n
             "cls.predictions.transform.LayerNorm.bias": np.zeros(d),
             "cls.predictions.bias": np.zeros(v),
         }
+    m = config.model
     return {
         "head.dense.weight": rng.normal(0.0, std, (d, d)),
+        **({"head.dense.bias": np.zeros(d)} if m.classifier_bias else {}),
         "head.norm.weight": np.ones(d),
+        **({"head.norm.bias": np.zeros(d)} if m.norm_bias else {}),
         "decoder.bias": np.zeros(v),
     }
 
@@ -184,6 +212,8 @@ def load_hf_checkpoint(path: str | os.PathLike, config: Config, seed: int = 0) -
         )
     tensors.pop(tied, None)
     tensors.pop("cls.predictions.decoder.bias", None)  # the same tensor as cls.predictions.bias
+    if config.model.family == "modern" and not hf.get("decoder_bias", True):
+        tensors["decoder.bias"] = np.zeros(config.model.vocab_size, np.float32)  # a zero bias
     missing = {k: v for k, v in _head_defaults(config, hf, seed).items() if k not in tensors}
     if missing:
         logger.warning(

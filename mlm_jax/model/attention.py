@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mlm_jax.model import precision
 
@@ -59,24 +60,36 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 @jax.named_scope("attention")
-def attention(q, k, v, segments: Segments, *, dtype, dropout_rate: float, key, kernel="auto"):
+def attention(
+    q, k, v, segments: Segments, *, dtype, dropout_rate: float, key, kernel="auto", window=None
+):
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
-    Four paths compute the same function (the CPU ones tested, splash in Pallas'
-    interpret mode; the cuDNN one checked on a GPU by ``scripts/bench_attention.py``),
-    chosen by :func:`attention_path`. Returns float32.
+    ``window``: a sliding-window layer's reach, the number of tokens a query sees on
+    either side (ModernBERT's ``local_attention // 2``); None for a global layer. Four
+    paths compute the same function (the CPU ones tested, splash in Pallas' interpret
+    mode; the cuDNN one checked on a GPU by ``scripts/bench_attention.py``), chosen by
+    :func:`attention_path`; a window turns each into its local form. Returns float32.
     """
-    path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0, q.shape[1])
-    mask = segments.mask
-    if path == "explicit":
-        return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
+    length = q.shape[1]
+    if window is not None and window >= length - 1:
+        window = None  # the window spans the whole row: a global layer
+    path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0, length)
     if path == "splash":
         from mlm_jax.model import splash
 
-        return splash.splash_attention(q, k, v, segments.ids, dtype)
+        return splash.splash_attention(q, k, v, segments.ids, dtype, window=window)
+    if window is not None and path != "cudnn" and blocked_window_pays(length, window):
+        return windowed_attention(q, k, v, segments.ids, window, dtype, dropout_rate, key)
+    if path == "explicit":
+        mask = segments.mask if window is None else segments.mask & band(length, window)
+        return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
     q, k, v = (t.astype(dtype) for t in (q, k, v))
-    implementation = "cudnn" if path == "cudnn" else None
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=segments.mask,
+        implementation="cudnn" if path == "cudnn" else None,
+        local_window_size=None if window is None else (window, window),
+    )  # fmt: skip
     return out.astype(jnp.float32)
 
 
@@ -117,3 +130,54 @@ def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key: jax.Array
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # float32
     return precision.einsum("bhqk,bkhd->bqhd", probs, v, dtype)
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+
+def band(length: int, window: int) -> jax.Array:
+    """``[L, L]`` bool: the keys at most ``window`` positions from each query."""
+    offsets = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
+    return jnp.abs(offsets) <= window
+
+
+def blocked_window_pays(length: int, window: int) -> bool:
+    """Whether :func:`windowed_attention` applies and beats masking the whole square.
+
+    It needs rows that split into blocks of ``window`` tokens, and it computes
+    ``3 * window`` keys per query where the square computes ``length``: at least twice
+    less work, or the square's single large products win.
+    """
+    return length % window == 0 and length >= 6 * window
+
+
+def windowed_attention(q, k, v, segment_ids, window: int, dtype, dropout_rate: float, key):
+    """Sliding-window attention in O(L * window): each block of ``window`` queries meets
+    the keys of its own block and its two neighbours, the only keys its band can reach.
+
+    The same function as the banded square (segments respected, padding sees padding),
+    with the products under the precision policy and dropout on the probabilities.
+    """
+    b, length, h, d = q.shape
+    blocks = length // window
+
+    def neighbours(t, fill):  # [B, L, ...] -> [B, n, 3w, ...]: blocks i-1, i and i+1
+        edges = [(0, 0), (window, window)] + [(0, 0)] * (t.ndim - 2)
+        t = jnp.pad(t, edges, constant_values=fill).reshape(b, blocks + 2, window, *t.shape[2:])
+        return jnp.concatenate([t[:, :-2], t[:, 1:-1], t[:, 2:]], axis=2)
+
+    queries = q.reshape(b, blocks, window, h, d)
+    keys, values = neighbours(k, 0.0), neighbours(v, 0.0)  # [B, n, 3w, H, Dh]
+    # Keys past either end of the row carry segment -1, which no query has.
+    same = (
+        segment_ids.reshape(b, blocks, window)[..., :, None]
+        == neighbours(segment_ids, -1)[..., None, :]
+    )  # [B, n, w, 3w]
+    # Query r of a block sits at offset window + r among its 3w keys.
+    reach = np.abs(np.arange(window)[:, None] + window - np.arange(3 * window)[None, :]) <= window
+    scale = d**-0.5
+    logits = precision.einsum("bnqhd,bnkhd->bhnqk", queries, keys, dtype) * scale
+    logits = jnp.where((same & reach)[:, None], logits, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)
+    out = precision.einsum("bhnqk,bnkhd->bnqhd", probs, values, dtype)
+    return out.reshape(b, length, h, d)

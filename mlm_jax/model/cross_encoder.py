@@ -26,9 +26,12 @@ class CrossEncoder(nnx.Module):
         self.encoder = Encoder(cfg, rngs=rngs)
         dtype = self.encoder.dtype
         bert = cfg.family == "bert"
-        self.pooler = Dense(d, d, ("embed", None), use_bias=bert, dtype=dtype, rngs=rngs)
+        pooler_bias = bert or cfg.classifier_bias
+        self.pooler = Dense(d, d, ("embed", None), use_bias=pooler_bias, dtype=dtype, rngs=rngs)
         self.pooler_norm = (
-            None if bert else LayerNorm(d, eps=cfg.layer_norm_eps, use_bias=False, rngs=rngs)
+            None
+            if bert
+            else LayerNorm(d, eps=cfg.layer_norm_eps, use_bias=cfg.norm_bias, rngs=rngs)
         )
         self.classifier = Dense(
             d, num_outputs, ("embed", None), use_bias=True, dtype=dtype, rngs=rngs

@@ -185,21 +185,29 @@ class BertBlock(nnx.Module):
 
 
 class ModernBlock(nnx.Module):
-    """Pre-LN block with rotary attention and a GeGLU MLP, no biases (ModernBERT)."""
+    """Pre-LN block with rotary attention and a GeGLU MLP (ModernBERT).
 
-    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, *, first: bool):
+    Layer ``index`` attends globally or through a sliding window
+    (``ModelConfig.attention_window``), each kind with its own rotary base; biases only
+    where the config asks (ModernBERT has none).
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, *, index: int):
         d, i = cfg.hidden_size, cfg.intermediate_size
         self.cfg = cfg
         self.dtype = dtype
-        norm = dict(eps=cfg.layer_norm_eps, use_bias=False, rngs=rngs)
-        dense = dict(use_bias=False, dtype=dtype, rngs=rngs)
+        self.window = cfg.attention_window(index)
+        self.theta = cfg.rope_theta if self.window is None else cfg.local_rope_theta
+        norm = dict(eps=cfg.layer_norm_eps, use_bias=cfg.norm_bias, rngs=rngs)
+        attn = dict(use_bias=cfg.attention_bias, dtype=dtype, rngs=rngs)
+        mlp = dict(use_bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
         # HF uses Identity for layer 0's attn_norm: the embeddings were just normed.
-        self.attn_norm = None if first else LayerNorm(d, **norm)
-        self.Wqkv = Dense(d, (3, d), ("embed", None, "heads"), **dense)
-        self.Wo = Dense(d, d, ("heads", "embed"), **dense)
+        self.attn_norm = None if index == 0 else LayerNorm(d, **norm)
+        self.Wqkv = Dense(d, (3, d), ("embed", None, "heads"), **attn)
+        self.Wo = Dense(d, d, ("heads", "embed"), **attn)
         self.mlp_norm = LayerNorm(d, **norm)
-        self.Wi = Dense(d, (2, i), ("embed", None, "mlp"), **dense)
-        self.mlp_Wo = Dense(i, d, ("mlp", "embed"), **dense)
+        self.Wi = Dense(d, (2, i), ("embed", None, "mlp"), **mlp)
+        self.mlp_Wo = Dense(i, d, ("mlp", "embed"), **mlp)
 
     def __call__(self, x, segments: Segments, positions, key):
         cfg = self.cfg
@@ -209,7 +217,7 @@ class ModernBlock(nnx.Module):
         h = x if self.attn_norm is None else self.attn_norm(x)
         qkv = self.Wqkv(h)  # [B, L, 3, D]
         q, k, v = (qkv[:, :, j].reshape(heads) for j in range(3))
-        q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+        q, k = rotary(q, positions, self.theta), rotary(k, positions, self.theta)
         a = attention(
             q,
             k,
@@ -219,6 +227,7 @@ class ModernBlock(nnx.Module):
             dropout_rate=cfg.attention_dropout_rate,
             key=attn_key,
             kernel=cfg.attention_kernel,
+            window=self.window,
         )
         a = self.Wo(a.reshape(x.shape))
         x = x + dropout(a, cfg.attention_dropout_rate, attn_out_key)  # HF attn.out_drop
@@ -264,7 +273,9 @@ class ModernEmbeddings(nnx.Module):
         self.tok_embeddings = _param(
             rngs, _std_init, (cfg.padded_vocab_size, cfg.hidden_size), ("vocab", "embed")
         )
-        self.norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, use_bias=False, rngs=rngs)
+        self.norm = LayerNorm(
+            cfg.hidden_size, eps=cfg.layer_norm_eps, use_bias=cfg.norm_bias, rngs=rngs
+        )
 
     def table(self) -> jax.Array:
         return self.tok_embeddings[...]
@@ -281,8 +292,11 @@ class MLMHead(nnx.Module):
         d = cfg.hidden_size
         self.dtype = dtype
         self.vocab_size = cfg.vocab_size
-        self.dense = Dense(d, d, ("embed", "act_embed"), use_bias=bert, dtype=dtype, rngs=rngs)
-        self.norm = LayerNorm(d, eps=cfg.layer_norm_eps, use_bias=bert, rngs=rngs)
+        self.dense = Dense(
+            d, d, ("embed", "act_embed"), use_bias=bert or cfg.classifier_bias, dtype=dtype,
+            rngs=rngs,
+        )  # fmt: skip
+        self.norm = LayerNorm(d, eps=cfg.layer_norm_eps, use_bias=bert or cfg.norm_bias, rngs=rngs)
         self.decoder_bias = _param(rngs, _zeros, (cfg.padded_vocab_size,), ("vocab",))
 
     def __call__(self, hidden: jax.Array, table: jax.Array) -> jax.Array:
@@ -335,11 +349,9 @@ class Encoder(nnx.Module):
             self.final_norm = None  # post-LN: every block already ends in a norm
         else:
             self.embeddings = ModernEmbeddings(cfg, rngs)
-            layers = [
-                ModernBlock(cfg, self.dtype, rngs, first=i == 0) for i in range(cfg.num_layers)
-            ]
+            layers = [ModernBlock(cfg, self.dtype, rngs, index=i) for i in range(cfg.num_layers)]
             self.final_norm = LayerNorm(
-                cfg.hidden_size, eps=cfg.layer_norm_eps, use_bias=False, rngs=rngs
+                cfg.hidden_size, eps=cfg.layer_norm_eps, use_bias=cfg.norm_bias, rngs=rngs
             )
         self.layers = nnx.List(layers)
         self.head = MLMHead(cfg, self.dtype, rngs)

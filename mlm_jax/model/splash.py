@@ -32,27 +32,36 @@ def supports(length: int) -> bool:
 
 
 @functools.cache
-def _kernel(heads: int, length: int, interpret: bool):
+def _kernel(heads: int, length: int, window: int | None, interpret: bool):
     block = next(b for b in BLOCKS if length % b == 0)
     sizes = splash.BlockSizes(
         block_q=block, block_kv=block, block_kv_compute=block,
         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
         block_q_dq=block, block_kv_dq=block,
     )  # fmt: skip
-    mask = splash.MultiHeadMask([splash.FullMask((length, length))] * heads)
+    shape = (length, length)
+    # A sliding-window layer's band: the kernel skips the blocks outside it entirely.
+    one = (
+        splash.FullMask(shape)
+        if window is None
+        else splash.LocalMask(shape, window_size=(window, window), offset=0)
+    )
+    mask = splash.MultiHeadMask([one] * heads)
     return splash.make_splash_mha(
         mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
     )
 
 
-def _attend(q, k, v, segment_ids, interpret: bool):
+def _attend(q, k, v, segment_ids, window: int | None, interpret: bool):
     """One device's rows: ``[b, h, L, Dh]`` inputs, ``[b, L]`` segment ids."""
-    kernel = _kernel(q.shape[1], q.shape[2], interpret)
+    kernel = _kernel(q.shape[1], q.shape[2], window, interpret)
     segments = splash.SegmentIds(q=segment_ids, kv=segment_ids)
     return jax.vmap(kernel)(q, k, v, segment_ids=segments)
 
 
-def splash_attention(q, k, v, segment_ids, dtype, *, interpret: bool = False) -> jax.Array:
+def splash_attention(
+    q, k, v, segment_ids, dtype, *, window: int | None = None, interpret: bool = False
+) -> jax.Array:
     """Softmax attention of ``[B, L, H, Dh]`` inputs within segments; float32 ``[B, L, H, Dh]``.
 
     Operands enter the kernel in ``dtype`` (bf16 under mixed precision); it accumulates
@@ -63,7 +72,7 @@ def splash_attention(q, k, v, segment_ids, dtype, *, interpret: bool = False) ->
     heads_first = (0, 2, 1, 3)  # [B, L, H, Dh] <-> [B, H, L, Dh]
     q, k, v = (jnp.transpose(t, heads_first).astype(dtype) for t in ((q * scale), k, v))
     segment_ids = segment_ids.astype(jnp.int32)
-    attend = functools.partial(_attend, interpret=interpret)
+    attend = functools.partial(_attend, window=window, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and set(MESH_AXES) <= set(mesh.axis_names):
         rows = P(BATCH_AXES, "tensor", None, None)
