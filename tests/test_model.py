@@ -71,6 +71,11 @@ def test_flops_per_token_formula():
     assert model_lib.flops_per_token(modern) - model_lib.flops_per_token(cfg) == pytest.approx(
         6 * n * d * i
     )
+    # A sliding layer of reach 4 meets 9 keys, not SEQ: layer 1 of 2 here.
+    windowed = tiny_config("modern", "model.local_attention=8")
+    assert model_lib.flops_per_token(modern) - model_lib.flops_per_token(windowed) == (
+        pytest.approx(12 * d * (s - 9))
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,4 +1,4 @@
-"""The encoder: BERT (post-LN) and ModernBERT-style (pre-LN, rotary, GeGLU) in Flax NNX.
+"""The encoder: BERT (post-LN) and ModernBERT (pre-LN, rotary, GeGLU, sliding windows) in NNX.
 
 Read top to bottom: building blocks (Dense, LayerNorm; attention lives in
 :mod:`mlm_jax.model.attention`), the two block families, the embeddings, the MLM
@@ -11,38 +11,9 @@ Parameters are float32 and every one carries logical axis names (see
 the forward and the backward pass and it accumulates in float32; layer norms,
 softmax, the residual stream and the loss stay float32.
 
-Mapping onto Hugging Face tensors (kernels are stored ``[in, out]``; HF ``weight``
-is the transpose; ``.scale`` is HF ``.weight``):
-
-bert -> ``BertForMaskedLM`` (prefix ``bert.``)
-  embeddings.word_embeddings       embeddings.word_embeddings.weight (rows [:vocab_size]);
-                                   also cls.predictions.decoder.weight (tied)
-  embeddings.position_embeddings   embeddings.position_embeddings.weight
-  embeddings.token_type_embeddings embeddings.token_type_embeddings.weight
-  embeddings.norm                  embeddings.LayerNorm
-  layers.N.query/key/value         encoder.layer.N.attention.self.query/key/value
-  layers.N.attention_output        encoder.layer.N.attention.output.dense
-  layers.N.attention_norm          encoder.layer.N.attention.output.LayerNorm
-  layers.N.intermediate            encoder.layer.N.intermediate.dense
-  layers.N.output                  encoder.layer.N.output.dense
-  layers.N.output_norm             encoder.layer.N.output.LayerNorm
-  head.dense / head.norm           cls.predictions.transform.dense / .LayerNorm
-  head.decoder_bias                cls.predictions.bias (= decoder.bias), [:vocab_size]
-
-modern -> ``ModernBertForMaskedLM`` (prefix ``model.``)
-  embeddings.tok_embeddings        embeddings.tok_embeddings.weight; decoder.weight (tied)
-  embeddings.norm                  embeddings.norm
-  layers.N.attn_norm               layers.N.attn_norm (absent for N=0: Identity in HF)
-  layers.N.Wqkv  kernel [D,3,D]    layers.N.attn.Wqkv.weight = kernel.reshape(D, 3D).T
-  layers.N.Wo                      layers.N.attn.Wo
-  layers.N.mlp_norm                layers.N.mlp_norm
-  layers.N.Wi    kernel [D,2,I]    layers.N.mlp.Wi.weight = kernel.reshape(D, 2I).T
-  layers.N.mlp_Wo                  layers.N.mlp.Wo
-  final_norm                       final_norm
-  head.dense / head.norm           head.dense / head.norm
-  head.decoder_bias                decoder.bias, [:vocab_size]
-HF ModernBERT's ``norm_eps`` is ``model.layer_norm_eps``; its rotary theta is
-``model.rope_theta``; both activations are exact-erf GELU (HF ``"gelu"``).
+The names of these parameters in transformers' ``BertForMaskedLM`` and
+``ModernBertForMaskedLM``, and the config fields each family maps onto, live in one place:
+:mod:`mlm_jax.hf.names`. Both activations are exact-erf GELU (HF ``"gelu"``).
 """
 
 from __future__ import annotations
@@ -452,19 +423,20 @@ def flops_per_token(config: Config) -> float:
     With L layers, width D, intermediate I, sequence S, P predictions per row and
     padded vocab V::
 
-        6 * L * N_block  +  12 * L * D * S  +  6 * (P / S) * (D*D + D*V)
+        6 * L * N_block  +  12 * D * sum(K_l)  +  6 * (P / S) * (D*D + D*V)
 
     ``N_block`` is the matmul parameter count of one block (bert: 4D^2 + 2DI,
-    modern: 4D^2 + 3DI). The attention term counts the full bidirectional S x S
-    score and value products (QK^T and AV, D*S MACs each per token), masked or not.
-    The head (transform dense + tied decoder) runs only at the P masked positions,
-    so its cost per input token scales with P/S. Embedding gathers, norms and
-    softmax are not counted.
+    modern: 4D^2 + 3DI). ``K_l`` is the keys a query of layer l meets: S in a global
+    layer (the full bidirectional S x S score and value products, D*S MACs each per
+    token, masked or not), ``min(S, 2w + 1)`` in a sliding layer of reach w. The head
+    (transform dense + tied decoder) runs only at the P masked positions, so its cost
+    per input token scales with P/S. Embedding gathers, norms and softmax are not
+    counted.
     """
     m = config.model
     d, i, s = m.hidden_size, m.intermediate_size, config.data.seq_len
     p, v = config.data.predictions_per_row, m.padded_vocab_size
     block = 4 * d * d + (2 * d * i if m.family == "bert" else 3 * d * i)
-    return float(
-        6 * m.num_layers * block + 12 * m.num_layers * d * s + 6 * (p / s) * (d * d + d * v)
-    )
+    windows = (m.attention_window(n) for n in range(m.num_layers))
+    keys = sum(s if w is None else min(s, 2 * w + 1) for w in windows)
+    return float(6 * m.num_layers * block + 12 * d * keys + 6 * (p / s) * (d * d + d * v))

@@ -31,9 +31,25 @@ def supports(length: int) -> bool:
     return length % BLOCKS[-1] == 0
 
 
+def _block(length: int) -> int:
+    return next(b for b in BLOCKS if length % b == 0)
+
+
+def keys_computed(length: int, window: int | None) -> float:
+    """Keys per query the kernel computes, on average: whole blocks of keys, only those a
+    sliding window's band touches (all of them for a global layer)."""
+    if window is None or window >= length - 1:
+        return float(length)
+    block = _block(length)
+    blocks = length // block
+    reach = -(-window // block)  # neighbouring blocks the band reaches on each side
+    touched = sum(min(blocks - 1, i + reach) - max(0, i - reach) + 1 for i in range(blocks))
+    return touched * block / blocks
+
+
 @functools.cache
 def _kernel(heads: int, length: int, window: int | None, interpret: bool):
-    block = next(b for b in BLOCKS if length % b == 0)
+    block = _block(length)
     sizes = splash.BlockSizes(
         block_q=block, block_kv=block, block_kv_compute=block,
         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,

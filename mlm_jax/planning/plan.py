@@ -101,15 +101,19 @@ def _kernel_flops(config, hlo_text: str) -> float:
     """FLOPs of the splash-attention kernels of one step, all devices together.
 
     XLA's cost analysis does not look inside custom calls, so they are counted here: per
-    layer, the forward's two ``L x L`` products and the backward's seven (the scores
-    recomputed twice, the probabilities' gradient twice, and dq, dk, dv), each
-    ``2 * tokens * L * D`` FLOPs, masked blocks included.
+    layer, the forward's two products and the backward's seven (the scores recomputed
+    twice, the probabilities' gradient twice, and dq, dk, dv), each ``2 * tokens * K * D``
+    FLOPs for the K keys per query the kernel computes (masked blocks included; a sliding
+    window's layers skip the blocks outside its band).
     """
     if "splash" not in hlo_text:
         return 0.0
-    tokens = config.train.global_batch_size * config.data.seq_len
-    product = 2 * tokens * config.data.seq_len * config.model.hidden_size
-    return 9 * product * config.model.num_layers
+    from mlm_jax.model import splash
+
+    m, length = config.model, config.data.seq_len
+    tokens = config.train.global_batch_size * length
+    keys = sum(splash.keys_computed(length, m.attention_window(n)) for n in range(m.num_layers))
+    return 9 * 2 * tokens * keys * m.hidden_size
 
 
 def resolve_target(target: str, config):
