@@ -26,8 +26,9 @@ from mlm_jax.hf import names, writer
 from mlm_jax.inference import loading
 from mlm_jax.model import sharding
 from mlm_jax.model.encoder import abstract_encoder
-from mlm_jax.training import runs
-from mlm_jax.training.finetune import Scorer
+from mlm_jax.model.pair_scorer import Scorer
+from mlm_jax.model.tasks import task_of
+from mlm_jax.state import restore
 
 VERIFY_TOLERANCE = 1e-4
 VERIFY_SENTENCES = (
@@ -58,23 +59,16 @@ def export_run(
     """
     out = Path(out)
     writer.check_out_dir(out, force)
-    config, _, params = runs.restore_params(str(workdir), step)
-    finetuned = config.finetune is not None
-    if finetuned:
-        tensors, hf_config = names.to_hf_tensors(config, params), names.hf_classifier_config(config)
-    else:
-        host_params = distributed.gather_to_host(params)
-        tensors, hf_config = names.to_hf_state_dict(config, host_params), names.hf_config(config)
+    config, _, params = restore.restore_params(str(workdir), step)
+    host_params = distributed.gather_to_host(params)
+    tensors, hf_config = names.exported(config, host_params)
     if jax.process_index() == 0:
         manifest = manifest_lib.read(workdir)
         writer.write_directory(out, config, tensors, hf_config, manifest, force=force)
         which = "the newest checkpoint" if step is None else f"step {step}"
         distributed.log(f"wrote {out} ({hf_config['architectures'][0]}, {which})")
         if verify:
-            check = (
-                verify_finetuned(out) if finetuned else verify_pretrained(out, config, host_params)
-            )
-            print(check)
+            print(_VERIFY[task_of(config).export_kind](out, config, host_params))
     distributed.barrier("mlm_jax_export")
     return out
 
@@ -146,8 +140,12 @@ def our_logits(
     return np.asarray(logits)[..., : cfg.vocab_size]
 
 
-def verify_finetuned(out: Path) -> str:
-    """Compare ``transformers``' logits and pair token ids on ``out`` with ours; one line."""
+def verify_finetuned(out: Path, config: Config, params: nnx.State) -> str:
+    """Compare ``transformers``' logits and pair token ids on ``out`` with ours; one line.
+
+    Our side is the export read back (``config`` and ``params`` are the run's: the
+    signature every task's check shares)."""
+    del config, params
     try:
         import torch
         import transformers
@@ -183,3 +181,7 @@ def verify_finetuned(out: Path) -> str:
     if not delta <= VERIFY_TOLERANCE:
         raise RuntimeError(f"exported classifier disagrees with ours: max |Δlogit| = {delta:.3g}")
     return f"export verified: max |Δlogit| = {delta:.2g} on {len(VERIFY_PAIRS)} pairs"
+
+
+# How the export of each kind of task is checked against transformers.
+_VERIFY = {"masked_lm": verify_pretrained, "sequence_classification": verify_finetuned}

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlm_jax import config as config_lib
-from mlm_jax.training import checkpoint
+from mlm_jax.state import checkpoint
 
 HIDDEN, LAYERS, INTERMEDIATE, VOCAB, POSITIONS = 768, 12, 3072, 30592, 512
 

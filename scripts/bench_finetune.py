@@ -24,7 +24,8 @@ import numpy as np
 from mlm_jax import config as config_lib
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.model import sharding
-from mlm_jax.training import finetune, losses, runs
+from mlm_jax.state import train_state
+from mlm_jax.training import finetune, runs
 from mlm_jax.training import step as step_lib
 
 
@@ -40,10 +41,9 @@ def main() -> None:
     mesh = sharding.make_mesh(config)
     batches = finetune.training_batches(config, tokenizer_lib.load(config.data.tokenizer), mesh)
     host = [batches(s) for s in range(steps)]
-    graphdef, _, shardings = runs.abstract_state(config, mesh)
+    graphdef, _, shardings = train_state.abstract_train_state(config, mesh)
     state = runs.fresh_state(config, mesh, shardings)
-    objective = losses.finetune_objective(config.finetune.loss)
-    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings, objective)
+    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
 
     compile_s, times, shapes = 0.0, [], set()
     for batch in host:

@@ -22,6 +22,7 @@ from mlm_jax import config as config_lib
 from mlm_jax.model import attention as attention_lib
 from mlm_jax.model import encoder as model_lib
 from mlm_jax.model import precision, sharding
+from mlm_jax.state import train_state
 from mlm_jax.training import perf
 from mlm_jax.training import step as step_lib
 
@@ -57,7 +58,7 @@ def main() -> None:
     steps = max(args.steps, 20)
 
     mesh = sharding.make_mesh(config)
-    graphdef, state, shardings = step_lib.init_train_state(config, mesh)
+    graphdef, state, shardings = train_state.init_train_state(config, mesh)
     train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
     local_rows = config.train.global_batch_size // jax.process_count()
     batches = [

@@ -78,9 +78,9 @@ def _kill_once(
 
 
 def _params(workdir: Path) -> dict[str, np.ndarray]:
-    from mlm_jax.training import runs
+    from mlm_jax.state import restore
 
-    _, _, params = runs.restore_params(str(workdir))
+    _, _, params = restore.restore_params(str(workdir))
     return {str(k): np.asarray(v) for k, v in params.flat_state()}
 
 

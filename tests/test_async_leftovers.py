@@ -4,7 +4,7 @@ import asyncio
 import logging
 import sys
 
-from mlm_jax.training import async_leftovers
+from mlm_jax.state import async_leftovers
 
 
 def _record_from(filename: str) -> logging.LogRecord:

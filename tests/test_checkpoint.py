@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from mlm_jax import config as config_lib
 from mlm_jax.errors import UserError
-from mlm_jax.training import checkpoint
+from mlm_jax.state import checkpoint
 
 AXES = ("data", "fsdp", "tensor")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,7 +137,7 @@ def test_damaged_newest_falls_back_and_is_moved_aside(tmp_path, mesh, caplog):
 
     target = abstract(make_state(mesh), mesh)
     with (
-        caplog.at_level(logging.WARNING, logger="mlm_jax.training.checkpoint"),
+        caplog.at_level(logging.WARNING, logger="mlm_jax.state.checkpoint"),
         checkpoint.Checkpointer(tmp_path, config) as ckpt,
     ):
         step, restored, data_state, _ = ckpt.restore_latest(target)
@@ -199,7 +199,7 @@ KILLED_SAVE = textwrap.dedent(
     import sys
     import jax, jax.numpy as jnp
     from mlm_jax import config
-    from mlm_jax.training import checkpoint
+    from mlm_jax.state import checkpoint
     every_step = config.from_dict({"train": {"checkpoint_every": 1}})
     ckpt = checkpoint.Checkpointer(sys.argv[1], every_step)
     small = {"w": jnp.ones((64, 32)), "big": jnp.zeros((4,))}
@@ -258,7 +258,7 @@ TWO_PROCESS_ROUND_TRIP = textwrap.dedent(
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
     from mlm_jax import config
-    from mlm_jax.training import checkpoint
+    from mlm_jax.state import checkpoint
     every_step = config.from_dict({"train": {"checkpoint_every": 1}})
     expected = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
 

@@ -28,7 +28,7 @@ from mlm_jax.model import encoder as encoder_lib
 from mlm_jax.model import encoder as model_lib
 from mlm_jax.model import sharding
 from mlm_jax.model.encoder import Encoder
-from mlm_jax.training import runs as runs_lib
+from mlm_jax.state import restore
 from mlm_jax.training import step as step_lib
 
 torch = conftest.require("torch")
@@ -77,13 +77,13 @@ def perturbed_params(config: config_lib.Config, seed: int = 1):
 
 @pytest.fixture
 def fake_run(monkeypatch, tmp_path):
-    """A run directory served by a stand-in ``runs.restore_params``."""
+    """A run directory served by a stand-in ``restore.restore_params``."""
     runs = {}
 
     def restore_params(workdir, step=None):
         return runs[str(workdir)]
 
-    monkeypatch.setattr(runs_lib, "restore_params", restore_params)
+    monkeypatch.setattr(restore, "restore_params", restore_params)
 
     def make(config, graphdef, params):
         workdir = tmp_path / f"run{len(runs)}"
@@ -428,7 +428,7 @@ TWO_PROCESS_EXPORT = textwrap.dedent(
     from mlm_jax import export
     from mlm_jax.model import encoder as encoder_lib
     from mlm_jax.model import sharding
-    from mlm_jax.training import runs
+    from mlm_jax.state import restore
     sys.path.insert(0, "tests")
     from test_export import make_config, perturbed_params
 
@@ -441,7 +441,7 @@ TWO_PROCESS_EXPORT = textwrap.dedent(
     params = jax.tree.map(
         lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), host, shardings)
     assert not all(x.is_fully_addressable for x in jax.tree.leaves(params))
-    runs.restore_params = lambda workdir, step=None: (config, graphdef, params)
+    restore.restore_params = lambda workdir, step=None: (config, graphdef, params)
     export.export_run(sys.argv[1], sys.argv[1] + "/out", verify=jax.process_index() == 0)
     print("ok", jax.process_index(), flush=True)
     """

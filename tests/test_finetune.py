@@ -20,7 +20,9 @@ from flax import nnx
 from mlm_jax import config as config_lib
 from mlm_jax.data import finetune_data, sources
 from mlm_jax.errors import UserError
-from mlm_jax.training import losses, runs
+from mlm_jax.model import objectives
+from mlm_jax.state import train_state
+from mlm_jax.training import runs
 from mlm_jax.training.ranking_metrics import classification_metrics, query_metrics
 
 _SPEAKER = re.compile(r"^([A-Z][A-Za-z' ]{0,30}): (.*)$")
@@ -393,14 +395,15 @@ def test_losses_by_hand():
     sigmoid = 1 / (1 + np.exp(-scores[0]))
     targets = np.array([1.0, 0.0, 0.0])
     pointwise = -(targets * np.log(sigmoid) + (1 - targets) * np.log(1 - sigmoid)).mean()
-    for loss_fn, expected in ((losses.listwise_sums, listwise),
-                              (losses.pointwise_sums, pointwise)):  # fmt: skip
+    for loss_fn, expected in ((objectives.listwise_sums, listwise),
+                              (objectives.pointwise_sums, pointwise)):  # fmt: skip
         loss_sum, correct, weight = (float(x) for x in loss_fn(logits, batch))
         assert loss_sum == pytest.approx(expected, rel=1e-5)
         assert (correct, weight) == (1.0, 1.0)
     class_logits = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
     labels = {"labels": np.array([1, 0]), "weights": np.array([1.0, 1.0], np.float32)}
-    loss_sum, correct, weight = (float(x) for x in losses.cross_entropy_sums(class_logits, labels))
+    sums = objectives.cross_entropy_sums(class_logits, labels)
+    loss_sum, correct, weight = (float(x) for x in sums)
     expected = sum(
         np.log(np.exp(row).sum()) - row[y] for row, y in zip(class_logits, [1, 0], strict=True)
     )
@@ -428,7 +431,7 @@ def test_distillation_targets_and_loss_by_hand(tmp_path, run_inputs):
     expected = (np.asarray([1.0, 0.0, 0.0]) + 3.0 * soft / soft.sum()) / 4.0
     np.testing.assert_allclose(batch["targets"][0], expected, rtol=1e-6)
     logits = np.asarray([[2.0], [0.5], [-1.0]], np.float32)
-    loss_sum, correct, weight = (float(x) for x in losses.distill_sums(logits, batch))
+    loss_sum, correct, weight = (float(x) for x in objectives.distill_sums(logits, batch))
     log_softmax = logits[:, 0] - np.log(np.exp(logits[:, 0]).sum())
     assert loss_sum == pytest.approx(-(expected * log_softmax).sum(), rel=1e-5)
     assert (correct, weight) == (1.0, 1.0)
@@ -475,7 +478,7 @@ def test_init_from_an_export_equals_init_from_its_run(datasets, run_inputs, pret
                                   loss="cross_entropy", num_labels=2,
                                   train_file=str(datasets["genre_train"]))  # fmt: skip
         mesh = sharding.make_mesh(config)
-        _, _, shardings = runs.abstract_state(config, mesh)
+        _, _, shardings = train_state.abstract_train_state(config, mesh)
         params = runs.fresh_state(config, mesh, shardings).params["encoder"]
         encoders[name] = [np.asarray(x) for x in jax.tree.leaves(params)]
         if name != "scratch":

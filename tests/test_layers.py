@@ -17,7 +17,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlm_jax"
 FOUNDATION = {"errors", "config", "artifacts", "distributed", "manifest", "__init__"}
-ORDER = ["foundation", "data", "model", "hf", "training", "planning", "inference", "export", "cli"]
+ORDER = [
+    "foundation", "data", "model", "hf", "state", "training", "planning", "inference", "export",
+    "cli",
+]  # fmt: skip
 # The data layer turns text into numpy batches: no accelerator framework in it.
 NOT_IN_DATA = ("jax", "jaxlib", "flax", "optax", "orbax")
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from mlm_jax.model import encoder as model_lib
-from mlm_jax.training import optim
+from mlm_jax.state import optim
 
 
 def make_config(*extra: str):

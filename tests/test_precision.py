@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlm_jax.model import precision, sharding
-from mlm_jax.training import losses, runs
+from mlm_jax.model import objectives, precision, sharding
+from mlm_jax.state import train_state
 from mlm_jax.training import step as step_lib
 
 
@@ -59,7 +59,7 @@ def rerank_step_hlo(config) -> str:
 
 def pretraining_step_lowered(config):
     mesh = sharding.make_mesh(config)
-    graphdef, abstract_state, shardings = step_lib.abstract_train_state(config, mesh)
+    graphdef, abstract_state, shardings = train_state.abstract_train_state(config, mesh)
     rows, length, slots = (
         config.train.global_batch_size,
         config.data.seq_len,
@@ -76,7 +76,7 @@ def pretraining_step_lowered(config):
 
 def rerank_step_lowered(config):
     mesh = sharding.make_mesh(config)
-    graphdef, abstract_state, shardings = runs.abstract_state(config, mesh)
+    graphdef, abstract_state, shardings = train_state.abstract_train_state(config, mesh)
     queries = config.train.global_batch_size
     rows, length = queries * (1 + config.finetune.negatives_per_query), config.data.seq_len
     tokens = ((rows, length), jnp.int32)
@@ -84,8 +84,7 @@ def rerank_step_lowered(config):
         "input_ids": tokens, "segment_ids": tokens, "positions": tokens,
         "token_type_ids": tokens, "weights": ((queries,), jnp.float32),
     })  # fmt: skip
-    objective = losses.finetune_objective(config.finetune.loss)
-    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings, objective)
+    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
     return train_step.lower(abstract_state, batch)
 
 
@@ -230,7 +229,7 @@ def _train_and_evaluate(config, steps: int) -> tuple[float, object, object]:
     from mlm_jax.training import pretrain as train
 
     mesh = sharding.make_mesh(config)
-    graphdef, state, shardings = step_lib.init_train_state(config, mesh)
+    graphdef, state, shardings = train_state.init_train_state(config, mesh)
     train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
     batches = pipeline.make_train_iterator(config)
     try:
@@ -261,7 +260,7 @@ def _mean_loss_grads(config, params, batch):
         logits = nnx.merge(graphdef, p)(
             batch["input_ids"], batch["segment_ids"], batch["positions"], batch["mlm_positions"]
         )
-        loss_sum, _, weight = losses.mlm_sums(logits, batch["mlm_labels"], batch["mlm_weights"])
+        loss_sum, _, weight = objectives.mlm_sums(logits, batch["mlm_labels"], batch["mlm_weights"])
         return loss_sum / weight
 
     return jax.jit(jax.grad(loss))(params)

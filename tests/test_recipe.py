@@ -14,6 +14,7 @@ from conftest import run_cli
 
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.inference import fill_mask as inference
+from mlm_jax.state import restore
 
 pytestmark = pytest.mark.slow
 
@@ -83,9 +84,8 @@ def test_recipe_uses_context_when_every_target_is_masked(recipe_run):
 
     from mlm_jax.model import sharding
     from mlm_jax.training import pretrain as train
-    from mlm_jax.training import runs
 
-    config, graphdef, params = runs.restore_params(str(recipe_run))
+    config, graphdef, params = restore.restore_params(str(recipe_run))
     config.data.random_token_fraction = 0.0
     config.data.mask_token_fraction = 1.0
     evaluator = train.Evaluator(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mlm_jax.model import sharding
+from mlm_jax.state import train_state
 from mlm_jax.training import step as step_lib
 
 VOCAB, SEQ = conftest.TINY_VOCAB, conftest.TINY_SEQ
@@ -53,7 +54,7 @@ def random_batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
 def run_steps(config, batches, devices=None):
     """Train on ``batches``; returns (per-step metrics, final state, initial params on host)."""
     mesh = sharding.make_mesh(config, devices)
-    graphdef, state, shardings = step_lib.init_train_state(config, mesh)
+    graphdef, state, shardings = train_state.init_train_state(config, mesh)
     initial = jax.tree.map(np.array, state.params)  # a copy: the step donates the state
     train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
     history = []
@@ -182,7 +183,7 @@ def test_fine_tuning_accumulates_gradients_like_one_large_batch():
     listwise one the classifier bias gets no gradient at all (a shift of every score of
     a query), so Adam turns rounding noise into full-size steps and no two runs agree.
     """
-    from mlm_jax.training import losses, runs
+    from mlm_jax.training import runs
 
     batches = [rerank_batch(16, 4, seed) for seed in range(4)]
     common = ("train.global_batch_size=16", "model.dropout_rate=0",
@@ -193,11 +194,10 @@ def test_fine_tuning_accumulates_gradients_like_one_large_batch():
     for accum in (1, 2):
         config = tiny_config(*common, f"optim.grad_accum_steps={accum}")
         mesh = sharding.make_mesh(config)
-        graphdef, _, shardings = runs.abstract_state(config, mesh)
+        graphdef, _, shardings = train_state.abstract_train_state(config, mesh)
         state = runs.fresh_state(config, mesh, shardings)
         initial = jax.tree.map(np.array, state.params)
-        objective = losses.finetune_objective("pointwise")
-        train_step = step_lib.make_train_step(config, mesh, graphdef, shardings, objective)
+        train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
         history = []
         for batch in batches:
             state, metrics = train_step(state, sharding.host_batch_to_global(batch, mesh))
@@ -220,7 +220,7 @@ class Compiled:
             "model.dropout_rate=0", "model.attention_dropout_rate=0", "optim.schedule=constant"
         )
         self.mesh = sharding.make_mesh(self.config)
-        self.graphdef, self._state, shardings = step_lib.init_train_state(self.config, self.mesh)
+        self.graphdef, self._state, shardings = train_state.init_train_state(self.config, self.mesh)
         self.train_step = step_lib.make_train_step(self.config, self.mesh, self.graphdef, shardings)
         self.eval_step = step_lib.make_eval_step(
             self.config, self.mesh, self.graphdef, shardings.params
@@ -306,8 +306,8 @@ def test_bfloat16_step_runs_finite():
 def test_abstract_state_matches_real_state():
     config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     mesh = sharding.make_mesh(config)
-    _, abstract, _ = step_lib.abstract_train_state(config, mesh)
-    _, state, _ = step_lib.init_train_state(config, mesh)
+    _, abstract, _ = train_state.abstract_train_state(config, mesh)
+    _, state, _ = train_state.init_train_state(config, mesh)
     assert jax.tree.structure(abstract) == jax.tree.structure(state)
     for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True):
         assert (a.shape, a.dtype) == (x.shape, x.dtype)

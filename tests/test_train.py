@@ -28,9 +28,9 @@ def _saved_steps(workdir):
 
 
 def _final_params(workdir, step=None):
-    from mlm_jax.training import runs
+    from mlm_jax.state import restore
 
-    _, _, params = runs.restore_params(str(workdir), step)
+    _, _, params = restore.restore_params(str(workdir), step)
     from flax import nnx
 
     return {str(k): np.asarray(v) for k, v in nnx.to_flat_state(params)}

@@ -125,3 +125,21 @@ def cached(collection: str | Path, passages: list[str]) -> Bm25Index:
         if stale.is_dir() and stale.name != target.name and not stale.name.startswith("."):
             shutil.rmtree(stale, ignore_errors=True)
     return index
+
+
+def candidate_scores(queries) -> list[np.ndarray]:
+    """BM25 of each ranking query's candidates, positives first (fine-tuning's baseline).
+
+    Scores the queries carry (a first-stage retrieval over a whole collection) are used as
+    they are; otherwise BM25 is computed over the union of all candidates.
+    """
+    if all(set(q.bm25) >= {*q.positives, *q.negatives} for q in queries):
+        return [np.asarray([q.bm25[p] for p in q.positives + q.negatives]) for q in queries]
+    passages = sorted({p for q in queries for p in q.positives + q.negatives})
+    where = {p: i for i, p in enumerate(passages)}
+    index = Bm25Index.build(passages)
+    words = tokenize([q.query for q in queries])
+    return [
+        index.scores(query_words)[[where[p] for p in q.positives + q.negatives]]
+        for q, query_words in zip(queries, words, strict=True)
+    ]

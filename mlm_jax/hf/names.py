@@ -28,6 +28,7 @@ from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 from mlm_jax.model.cross_encoder import abstract_cross_encoder, num_outputs
 from mlm_jax.model.encoder import abstract_encoder
+from mlm_jax.model.tasks import task_of
 
 # ----------------------------------------------------------------------------- tensor names
 
@@ -328,3 +329,24 @@ def hf_classifier_config(config) -> dict:
         # CrossEncoder applies a sigmoid to one-label models unless told otherwise.
         hf["sentence_transformers"] = {"activation_fn": "torch.nn.modules.linear.Identity"}
     return hf
+
+
+# ----------------------------------------------------------------------------- by task
+
+# How each kind of task (``mlm_jax.model.tasks``) travels to and from transformers:
+# (our parameters -> tensors, config.json, tensors -> our parameters).
+_BY_EXPORT_KIND = {
+    "masked_lm": (to_hf_state_dict, hf_config, from_hf_state_dict),
+    "sequence_classification": (to_hf_tensors, hf_classifier_config, from_hf_tensors),
+}
+
+
+def exported(config, params: nnx.State) -> tuple[dict[str, np.ndarray], dict]:
+    """``(tensors, config.json)`` of the run's model as transformers reads it (collective)."""
+    to_tensors, to_config, _ = _BY_EXPORT_KIND[task_of(config).export_kind]
+    return to_tensors(config, params), to_config(config)
+
+
+def imported(config, tensors: dict[str, np.ndarray]) -> nnx.State:
+    """Our export's tensors -> the run's parameters (host numpy)."""
+    return _BY_EXPORT_KIND[task_of(config).export_kind][2](config, tensors)

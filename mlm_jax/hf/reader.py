@@ -262,6 +262,4 @@ def read_export(directory: Path):
     saved["mesh"] = {"data": -1, "fsdp": 1, "tensor": 1}
     config = config_lib.from_dict(saved, origin=str(directory / "mlm_jax.json"))
     tensors = read_safetensors(directory)
-    if config.finetune is not None:
-        return config, names.from_hf_tensors(config, tensors)
-    return config, names.from_hf_state_dict(config, tensors)
+    return config, names.imported(config, tensors)

@@ -26,7 +26,7 @@ from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 from mlm_jax.hf import reader
 from mlm_jax.model import sharding
-from mlm_jax.training import runs
+from mlm_jax.state import restore, train_state
 
 
 @dataclass
@@ -47,7 +47,7 @@ def load(path: str | os.PathLike) -> Loaded:
     if (directory / "mlm_jax.json").is_file():
         config, params = reader.read_export(directory)
     elif (directory / "config.yaml").is_file() or (directory / "checkpoints").is_dir():
-        config, _, params = runs.restore_params(str(directory))
+        config, _, params = restore.restore_params(str(directory))
     elif (directory / "config.json").is_file():
         config, params = _foreign(directory)
     else:
@@ -56,7 +56,7 @@ def load(path: str | os.PathLike) -> Loaded:
             "(config.yaml, checkpoints/); pass one of them"
         )
     config.model.dtype = "float32"
-    graphdef, _, shardings = runs.abstract_state(config, sharding.make_mesh(config))
+    graphdef, _, shardings = train_state.abstract_train_state(config, sharding.make_mesh(config))
     params = jax.device_put(params, shardings.params)
     return Loaded(config, graphdef, params, tokenizer_lib.load(config.data.tokenizer))
 

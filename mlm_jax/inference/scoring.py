@@ -13,7 +13,7 @@ from mlm_jax.errors import UserError
 from mlm_jax.inference import loading
 from mlm_jax.model import sharding
 from mlm_jax.model.cross_encoder import num_outputs
-from mlm_jax.training.finetune import Scorer
+from mlm_jax.model.pair_scorer import Scorer
 
 
 def load_reranker(path: str, chunk_rows: int = 32, seq_len: int | None = None):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from mlm_jax.errors import UserError
 from mlm_jax.model import encoder, sharding
 from mlm_jax.planning import collectives, roofline, targets, traffic
+from mlm_jax.state import train_state
 from mlm_jax.training import step
 
 GB = 2**30  # reports are in GiB, as TPU HBM is published
@@ -142,11 +143,11 @@ def make_plan(config, target: str, hlo_out: str | None = None) -> dict:
 
     devices, hardware = resolve_target(target, config)
     mesh = sharding.make_mesh(config, devices)
-    graphdef, abstract, shardings = step.abstract_train_state(config, mesh)
+    graphdef, abstract, shardings = train_state.abstract_train_state(config, mesh)
     capacity = hardware.memory_bytes
     key = jax.eval_shape(jax.random.key, 0)
     _, init = _compile(
-        "initializer", step.state_initializer(config, shardings), key, capacity=capacity
+        "initializer", train_state.state_initializer(config, shardings), key, capacity=capacity
     )
     train_step = step.make_train_step(config, mesh, graphdef, shardings)
     compiled, train = _compile(

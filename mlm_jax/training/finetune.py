@@ -1,7 +1,7 @@
 """Fine-tuning an encoder into a classifier or a cross-encoder reranker.
 
 The model is :class:`~mlm_jax.model.cross_encoder.CrossEncoder`; its losses are in
-:mod:`mlm_jax.training.losses`. What is particular to fine-tuning is here: labelled
+:mod:`mlm_jax.model.objectives`. What is particular to fine-tuning is here: labelled
 batches, held-out evaluation beside BM25 and the model at initialisation, and the
 :class:`Scorer` that evaluation and inference share. Everything else is pretraining's
 machinery: the same step builder (gradient accumulation included) and the same run
@@ -17,15 +17,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from mlm_jax import distributed
+from mlm_jax.data import bm25_index
 from mlm_jax.data import finetune_data as data_lib
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
-from mlm_jax.model import sharding
-from mlm_jax.training import loop, losses, runs, step
+from mlm_jax.model import objectives, pair_scorer, sharding
+from mlm_jax.training import loop, runs, step
 from mlm_jax.training.metrics import read_metrics
 from mlm_jax.training.ranking_metrics import classification_metrics, mean_ranking_metrics
 
@@ -42,73 +41,13 @@ def _check_task(config) -> None:
         raise UserError("finetune.task=rerank needs finetune.loss=listwise, pointwise or distill")
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-class Scorer:
-    """Logits ``[N, C]`` for many rows, in fixed-size chunks (one compilation), eval mode."""
-
-    def __init__(self, config, mesh, graphdef, param_shardings, tokenizer, chunk_rows: int):
-        devices = mesh.shape["data"] * mesh.shape["fsdp"]
-        self.chunk_rows = -(-max(chunk_rows, devices) // devices) * devices
-        self.mesh = mesh
-        self.encoder = data_lib.PairEncoder(
-            tokenizer, config.data.seq_len, config.finetune.max_query_tokens
-        )
-        self.pack = pack_multiple(config, mesh)
-
-        def logits(params, batch):
-            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-                return losses.cross_encoder_logits(graphdef, params, batch)
-
-        self._logits = jax.jit(
-            logits,
-            in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-            out_shardings=NamedSharding(mesh, P()),
-        )
-
-    def __call__(self, params, pairs: list[tuple[str, str | None]]) -> np.ndarray:
-        out = []
-        process = (jax.process_index(), jax.process_count())
-        for start in range(0, len(pairs), self.chunk_rows):
-            chunk = pairs[start : start + self.chunk_rows]
-            padded = chunk + [chunk[-1]] * (self.chunk_rows - len(chunk))
-            rows = data_lib.encode_share(self.encoder, padded, self.pack, process)
-            logits = self._logits(params, sharding.host_batch_to_global(rows, self.mesh))
-            out.append(np.asarray(jax.device_get(logits))[: len(chunk)])
-        return np.concatenate(out).astype(np.float32)
-
-
-def bm25_scores(queries: list[data_lib.RankingQuery]) -> list[np.ndarray]:
-    """BM25 (``bm25s``, English stopwords) of each query's candidates, positives first.
-
-    Scores the file carries (first-stage retrieval over a whole collection) are used as
-    they are; otherwise BM25 is computed over the union of all candidates.
-    """
-    import bm25s
-
-    if all(set(q.bm25) >= {*q.positives, *q.negatives} for q in queries):
-        return [np.asarray([q.bm25[p] for p in q.positives + q.negatives]) for q in queries]
-    passages = sorted({p for q in queries for p in q.positives + q.negatives})
-    index = {p: i for i, p in enumerate(passages)}
-    retriever = bm25s.BM25()
-    retriever.index(
-        bm25s.tokenize(passages, stopwords="en", show_progress=False), show_progress=False
-    )
-    tokens = bm25s.tokenize(
-        [q.query for q in queries], stopwords="en", return_ids=False, show_progress=False
-    )
-    out = []
-    for query, query_tokens in zip(queries, tokens, strict=True):
-        scores = retriever.get_scores(query_tokens) if query_tokens else np.zeros(len(passages))
-        out.append(np.asarray([scores[index[p]] for p in query.positives + query.negatives]))
-    return out
+# ----------------------------------------------------------------------------- evaluation
 
 
 class Evaluator:
     """Held-out metrics: accuracy/macro-F1 (classify) or MRR/NDCG/recall, with BM25's (rerank)."""
 
-    def __init__(self, config, scorer: Scorer, examples):
+    def __init__(self, config, scorer: pair_scorer.Scorer, examples):
         self.task, self.scorer = config.finetune.task, scorer
         self.initial: dict[str, float] = {}  # the model at initialisation, once evaluated
         if self.task == "classify":
@@ -121,7 +60,7 @@ class Evaluator:
         self.relevant = [
             np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in self.queries
         ]
-        bm25 = mean_ranking_metrics(bm25_scores(self.queries), self.relevant)
+        bm25 = mean_ranking_metrics(bm25_index.candidate_scores(self.queries), self.relevant)
         self.baseline = {f"bm25/{k}": v for k, v in bm25.items()}
 
     def __call__(self, params) -> dict[str, float]:
@@ -163,21 +102,11 @@ def run(config, workdir: str) -> dict:
         )
 
 
-def pack_multiple(config, mesh) -> int:
-    """Packed rows come in multiples of this (0: no packing): of the batch's devices, and
-    of 8 so that a run meets only a few row counts, each compiled once."""
-    devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    # Gradient accumulation splits a batch by rows, which packing no longer keeps per example.
-    if not config.finetune.pack_rows or config.optim.grad_accum_steps > 1:
-        return 0
-    return -(-8 // devices) * devices
-
-
 def training_batches(config, tokenizer, mesh):
     """``batch(step) -> host batch`` of this process's share."""
     ft, batch_size, seed = config.finetune, config.train.global_batch_size, config.train.seed
     encoder = data_lib.PairEncoder(tokenizer, config.data.seq_len, ft.max_query_tokens)
-    share = {"pack": pack_multiple(config, mesh),
+    share = {"pack": pair_scorer.pack_multiple(config, mesh),
              "process": (jax.process_index(), jax.process_count())}  # fmt: skip
     if ft.task == "classify":
         examples = data_lib.read_classify(ft.train_file, ft.num_labels)
@@ -204,14 +133,16 @@ def _read_eval(config):
 def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eval_examples):
     restored, state, graphdef, shardings = runs.start(config, mesh, checkpointer)
     first_step = restored.step if restored is not None else 0
-    objective = losses.finetune_objective(config.finetune.loss)
-    train_step = step.make_train_step(config, mesh, graphdef, shardings, objective)
+    objective = objectives.finetune_objective(config.finetune.loss)
+    train_step = step.make_train_step(config, mesh, graphdef, shardings)
     rows_per_step = config.train.global_batch_size * (
         1 if config.finetune.task == "classify" else 1 + config.finetune.negatives_per_query
     )
     evaluate = evaluator = None
     if eval_examples is not None:
-        scorer = Scorer(config, mesh, graphdef, shardings.params, tokenizer, rows_per_step)
+        scorer = pair_scorer.Scorer(
+            config, mesh, graphdef, shardings.params, tokenizer, rows_per_step
+        )
         evaluator = Evaluator(config, scorer, eval_examples)
         evaluate = functools.partial(_evaluate, evaluator)
     # Batches are a pure function of the step, so the step alone is the data state.

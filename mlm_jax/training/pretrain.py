@@ -22,6 +22,7 @@ from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.errors import UserError
 from mlm_jax.model import encoder as model
 from mlm_jax.model import sharding
+from mlm_jax.state import restore
 from mlm_jax.training import loop, runs, step
 
 
@@ -150,7 +151,7 @@ def evaluate_run(
     ``mask_rate`` scores at another rate than the run's ``data.eval_mask_rate`` (itself
     ``data.mask_rate`` when unset).
     """
-    config, graphdef, params = runs.restore_params(workdir, step)
+    config, graphdef, params = restore.restore_params(workdir, step)
     if mask_rate is not None and not 0.0 < mask_rate < 1.0:
         raise UserError(f"--mask-rate {mask_rate} must be in (0, 1); e.g. 0.15")
     config = eval_config(config, mask_rate)

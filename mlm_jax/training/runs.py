@@ -2,10 +2,9 @@
 
 What the two have in common lives here: checks before anything is written (``init_from``,
 a resumed run's manifest), the workdir record (``config.yaml``, ``manifest.json``), the
-start order (the workdir's newest checkpoint > ``model.init_from`` > fresh weights), the
-step loop around a :class:`~mlm_jax.training.loop.Job` with its metrics writer and stop
-handling, and restoring a run's parameters for eval, export and inference. Nothing here
-reads a dataset: restoring a checkpoint needs no input pipeline.
+start order (the workdir's newest checkpoint > ``model.init_from`` > fresh weights), and
+the step loop around a :class:`~mlm_jax.training.loop.Job` with its metrics writer and
+stop handling. Restoring a finished run's parameters is :mod:`mlm_jax.state.restore`'s.
 """
 
 from __future__ import annotations
@@ -15,62 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
-from flax import nnx
 
 from mlm_jax import config as config_lib
 from mlm_jax import distributed, manifest
 from mlm_jax.errors import UserError
-from mlm_jax.model import sharding
-from mlm_jax.model.cross_encoder import CrossEncoder, abstract_cross_encoder, num_outputs
-from mlm_jax.model.encoder import abstract_encoder
-from mlm_jax.training import checkpoint, loop, step
+from mlm_jax.model.tasks import task_of
+from mlm_jax.state import checkpoint, restore, train_state
+from mlm_jax.training import loop
 from mlm_jax.training.metrics import MetricsWriter
-
-SINGLE_HOST_MESH = ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"]
-
-
-def abstract_model(config) -> tuple[nnx.GraphDef, nnx.State]:
-    """``(graphdef, params)`` made of shapes: the cross-encoder of a fine-tuning config,
-    else the pretraining encoder."""
-    if config.finetune is not None:
-        return abstract_cross_encoder(config)
-    return abstract_encoder(config.model)
-
-
-def abstract_state(config, mesh):
-    """``(graphdef, abstract_state, shardings)`` of the run's train state on ``mesh``."""
-    return step.abstract_train_state(config, mesh, abstract_model(config))
-
-
-# ----------------------------------------------------------------------------- restoring
-
-
-def read_config(workdir: str | Path):
-    """A run's resolved config, on this host's devices (restoring for eval/export/inference)."""
-    if not (Path(workdir) / "config.yaml").is_file():
-        raise UserError(f"{workdir} is not a run directory (no config.yaml); train first")
-    return config_lib.load(Path(workdir) / "config.yaml", SINGLE_HOST_MESH)
-
-
-def restore_params(
-    workdir: str | Path, step_number: int | None = None, config=None, mesh=None, missing=None
-):
-    """``(config, graphdef, params)`` of a run's checkpoint (newest, or ``step_number``).
-
-    ``config`` and ``mesh`` default to the run's own config on this host's devices;
-    ``missing`` is the error when the run has no checkpoint.
-    """
-    config = config or read_config(workdir)
-    mesh = mesh or sharding.make_mesh(config)
-    graphdef, abstract, _ = abstract_state(config, mesh)
-    with checkpoint.Checkpointer(workdir, config) as ckpt:
-        if step_number is not None:
-            return config, graphdef, ckpt.restore(step_number, abstract).state.params
-        restored = ckpt.restore_latest(abstract)
-    if restored is None:
-        raise UserError(missing or f"{workdir} has no checkpoint yet; train it first")
-    return config, graphdef, restored.state.params
-
 
 # ----------------------------------------------------------------------------- init_from
 
@@ -96,7 +47,7 @@ def initial_params(config, mesh):
         # Its shapes were already checked against this config by check_init_from.
         other = config_lib.load(path / "config.yaml")
         missing = f"model.init_from={path} has no checkpoint; train it first"
-        return restore_params(path, config=other, mesh=mesh, missing=missing)[2]
+        return restore.restore_params(path, config=other, mesh=mesh, missing=missing)[2]
     from mlm_jax.hf import reader
 
     return reader.load_hf_checkpoint(path, config)
@@ -152,29 +103,18 @@ def opened(config, workdir: Path, tokenizer, mesh) -> Iterator[checkpoint.Checkp
         checkpointer.close()
 
 
-def fresh_state(config, mesh, shardings) -> step.TrainState:
-    """Step 0: fresh weights, with the encoder from ``model.init_from`` when it is set."""
-    if config.finetune is None and not config.model.init_from:
-        return step.init_train_state(config, mesh)[1]
-    if config.finetune is None:
-        params = initial_params(config, mesh)
-    else:  # a new pooler and classifier around the encoder
-        outputs = num_outputs(config)
-        params = sharding.init_sharded(
-            lambda rngs: CrossEncoder(config.model, outputs, rngs=rngs),
-            config.train.seed,
-            shardings.params,
-        )
-        if config.model.init_from:
-            params["encoder"] = jax.device_put(
-                initial_params(config, mesh), shardings.params["encoder"]
-            )
-    return step.train_state_from_params(config, params, shardings)
+def fresh_state(config, mesh, shardings) -> train_state.TrainState:
+    """Step 0: fresh weights, the encoder's from ``model.init_from`` when it is set."""
+    state = train_state.state_initializer(config, shardings)(jax.random.key(config.train.seed))
+    if not config.model.init_from:
+        return state
+    params = task_of(config).with_encoder(state.params, initial_params(config, mesh))
+    return train_state.train_state_from_params(config, params, shardings)
 
 
 def start(config, mesh, checkpointer):
     """``(restored or None, state, graphdef, shardings)`` by the start order."""
-    graphdef, abstract, shardings = abstract_state(config, mesh)
+    graphdef, abstract, shardings = train_state.abstract_train_state(config, mesh)
     restored = checkpointer.restore_latest(abstract)
     if restored is not None:
         distributed.log(f"resumed from checkpoint step {restored.step}")

@@ -1,8 +1,8 @@
-"""The train state, the jitted train step and the jitted eval step.
+"""The jitted train step and the jitted eval step (the state they map: :mod:`mlm_jax.state`).
 
 ``train_step(state, batch) -> (state, metrics)`` is a pure function compiled once
 with explicit shardings and a donated state, for any objective of
-:mod:`mlm_jax.training.losses` (pretraining and fine-tuning alike). Gradient accumulation
+:mod:`mlm_jax.model.objectives` (pretraining and fine-tuning alike). Gradient accumulation
 runs inside it as a ``lax.scan`` over micro-batches; the loss is normalized by the weight
 of the whole step (masked tokens, or examples), so accumulation equals one large batch.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,92 +21,13 @@ from jax.sharding import PartitionSpec as P
 
 from mlm_jax.config import Config
 from mlm_jax.model.attention import compiling_for
-from mlm_jax.model.encoder import Encoder, abstract_encoder
-from mlm_jax.model.sharding import BATCH_AXES, batch_sharding, tree_shardings
-from mlm_jax.training.losses import MLM, Objective
-from mlm_jax.training.optim import make_optimizer
+from mlm_jax.model.objectives import MLM
+from mlm_jax.model.sharding import BATCH_AXES, batch_sharding
+from mlm_jax.model.tasks import task_of
+from mlm_jax.state.optim import make_optimizer
+from mlm_jax.state.train_state import TrainState
 
 Batch = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step reads and writes; the model graph lives apart (``graphdef``)."""
-
-    step: jax.Array  # int32 scalar: optimizer steps taken (skipped non-finite ones too)
-    params: nnx.State  # float32 parameters, sharded by logical axes
-    opt_state: Any  # optax state, sharded like the parameters
-    rng: jax.Array  # uint32[2] dropout key; per step fold_in(rng, step)
-
-
-def abstract_train_state(
-    config: Config, mesh: Mesh, model: tuple[nnx.GraphDef, nnx.State] | None = None
-) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-    """``(graphdef, abstract_state, state_shardings)`` without allocating anything.
-
-    ``abstract_state`` holds ``jax.ShapeDtypeStruct``s carrying their shardings: the
-    restore target for a checkpoint on this mesh. ``model`` is the abstract
-    ``(graphdef, params)`` to train; by default the pretraining encoder.
-    """
-    tx, _ = make_optimizer(config)
-    graphdef, abstract_params = model or abstract_encoder(config.model)
-    replicated = NamedSharding(mesh, P())
-    abstract_state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=abstract_params,
-        opt_state=jax.eval_shape(tx.init, abstract_params),
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
-    )
-    shardings = TrainState(
-        step=replicated,
-        params=tree_shardings(abstract_state.params, mesh),
-        opt_state=tree_shardings(abstract_state.opt_state, mesh),
-        rng=replicated,
-    )
-    with_shardings = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
-    )
-    return graphdef, with_shardings, shardings
-
-
-def fresh_train_state(config: Config, params: nnx.State) -> TrainState:
-    """Step 0 around ``params``: a new optimizer state and the dropout key of the seed."""
-    tx, _ = make_optimizer(config)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 1),  # not the init key
-    )
-
-
-def train_state_from_params(config: Config, params: Any, shardings: TrainState) -> TrainState:
-    """A fresh state around given parameters (``init_from``), placed by ``shardings``."""
-    params = jax.device_put(params, shardings.params)
-    return jax.jit(lambda p: fresh_train_state(config, p), out_shardings=shardings)(params)
-
-
-def state_initializer(config: Config, shardings: TrainState) -> Callable[[jax.Array], TrainState]:
-    """The jitted ``key -> TrainState`` of a fresh pretraining run, born sharded.
-
-    Weights and optimizer state come out of one program with ``out_shardings``: no
-    device ever holds the whole model. The key is an argument, not a constant, so one
-    compilation serves every seed and XLA has no input-free expression to fold.
-    ``mlm-jax plan`` compiles exactly this function for a TPU slice.
-    """
-
-    def init(key: jax.Array) -> TrainState:
-        params = nnx.split(Encoder(config.model, rngs=nnx.Rngs(key)))[1]
-        return fresh_train_state(config, params)
-
-    return jax.jit(init, out_shardings=shardings)
-
-
-def init_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-    """``(graphdef, state, state_shardings)``: a fresh state, initialized already sharded."""
-    graphdef, _, shardings = abstract_train_state(config, mesh)
-    state = state_initializer(config, shardings)(jax.random.key(config.train.seed))
-    return graphdef, state, shardings
 
 
 def _split_micro_batches(batch: Batch, count: int, mesh: Mesh, example_key: str) -> Batch:
@@ -161,16 +81,17 @@ def make_train_step(
     mesh: Mesh,
     graphdef: nnx.GraphDef,
     state_shardings: TrainState,
-    objective: Objective = MLM,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
 
-    Pretraining and fine-tuning both train through here; ``objective`` is what differs.
+    Pretraining and fine-tuning both train through here; the task's objective is what
+    differs.
 
     A non-finite loss or gradient leaves params and optimizer state unchanged, still
     advances ``step``, and reports ``train/nonfinite = 1`` for the caller to act on.
     """
     tx, schedule = make_optimizer(config)
+    objective = task_of(config).objective
     accum = config.optim.grad_accum_steps
     platform = mesh.devices.flat[0].platform  # attention is traced for the mesh's devices
 

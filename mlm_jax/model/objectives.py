@@ -3,7 +3,8 @@
 Every objective returns sums, not means, so gradient accumulation and data parallelism
 can add them up and divide once by the weight of the whole step. Pretraining and
 fine-tuning differ only here (and in their batch source and model head): both train
-through :func:`mlm_jax.training.step.make_train_step`.
+through ``mlm_jax.training.step.make_train_step``; the run's task
+(:mod:`mlm_jax.model.tasks`) says which objective it optimises.
 """
 
 from __future__ import annotations

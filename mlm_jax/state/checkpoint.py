@@ -38,7 +38,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from mlm_jax import distributed, manifest
 from mlm_jax.errors import UserError
-from mlm_jax.training import async_leftovers
+from mlm_jax.state import async_leftovers
 
 log = logging.getLogger(__name__)
 

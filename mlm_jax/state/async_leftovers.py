@@ -2,7 +2,7 @@
 
 When Orbax gives up on a checkpoint (a damaged file, a full disk), the real error reaches
 us and is reported in one line. Two kinds of leftovers would bury it (this module is
-installed once, when :mod:`mlm_jax.training.checkpoint` is imported):
+installed once, when :mod:`mlm_jax.state.checkpoint` is imported):
 
 - Orbax closes its asyncio loop while TensorStore's C++ threads still hold completion
   callbacks for it; each late ``loop.call_soon_threadsafe`` raises "Event loop is closed"
