@@ -138,6 +138,22 @@ def _cmd_data_relevance(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_data_pairs(args: argparse.Namespace) -> None:
+    import json
+
+    from mlm_jax.data import pair_sources
+
+    print(json.dumps(pair_sources.write(args.source, args.out)))
+
+
+def _cmd_data_teacher(args: argparse.Namespace) -> None:
+    import json
+
+    from mlm_jax.data import teacher
+
+    print(json.dumps(teacher.write(args.bi_encoder, args.train, args.out, args.bm25_weight)))
+
+
 def _cmd_data_verify(args: argparse.Namespace) -> None:
     from mlm_jax.data import integrity
 
@@ -325,6 +341,28 @@ def _data_parser(commands) -> None:
     )
     relevance.add_argument("--force", action="store_true", help="replace an existing --out")
     relevance.set_defaults(handler=_cmd_data_relevance)
+    pairs = data_commands.add_parser(
+        "pairs", help='write {"query", "passage"} pairs from real text on this machine'
+    )
+    pairs.add_argument(
+        "--source",
+        required=True,
+        help="wordnet, wordnet-usage (WordNet 3.0), pydocs (the standard library's "
+        "docstrings), gcide, gcide-usage (Webster's 1913, apt-get install dict-gcide)",
+    )
+    pairs.add_argument("--out", required=True, help="the pairs JSONL to write")
+    pairs.set_defaults(handler=_cmd_data_pairs)
+    teacher = data_commands.add_parser(
+        "teacher", help="add a bi-encoder's (and BM25's) scores to a reranking training file"
+    )
+    teacher.add_argument("--bi-encoder", required=True, help="a sentence-transformers directory")
+    teacher.add_argument("--train", required=True, help="train.jsonl of `data relevance`")
+    teacher.add_argument("--out", required=True, help="the same lines with teacher scores")
+    teacher.add_argument(
+        "--bm25-weight", type=float, default=0.0,
+        help="mix in each line's BM25 scores (0: the bi-encoder alone)",
+    )  # fmt: skip
+    teacher.set_defaults(handler=_cmd_data_teacher)
 
 
 def _run_parsers(commands) -> None:

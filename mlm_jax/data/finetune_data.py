@@ -20,12 +20,12 @@ seed and s, so a resumed run sees the same batches.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mlm_jax import artifacts
 from mlm_jax.errors import UserError
 
 
@@ -45,29 +45,20 @@ class RankingQuery:
     query: str
     positives: list[str] = field(default_factory=list)
     negatives: list[str] = field(default_factory=list)
-    line: int = 0
+    where: str = ""  # FILE:LINE of its first line, for error messages
     bm25: dict[str, float] = field(default_factory=dict)  # passage -> first-stage score
     teacher: dict[str, float] = field(default_factory=dict)  # passage -> a teacher's score
 
 
 def _records(path: str | Path):
-    """``(line_number, dict)`` for each non-blank line; UserError naming ``file:line``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; check finetune.train_file/eval_file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"{path}:{number}: not valid JSON ({exc.msg}); fix the line"
-                ) from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got {_kind(record)}")
-            yield number, record
+    """``(where, dict)`` for each non-blank line; UserError naming ``file:line``."""
+    lines = artifacts.read_jsonl(
+        path, missing="check finetune.train_file/eval_file", expected="one JSON object per line"
+    )
+    for where, record in lines:
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, got {_kind(record)}")
+        yield where, record
 
 
 def _kind(value) -> str:
@@ -89,8 +80,7 @@ def read_classify(path: str | Path, num_labels: int) -> list[Labelled]:
     """Classification examples of a JSONL file."""
     expected = '{"text", "label"} or {"text_a", "text_b", "label"}'
     examples = []
-    for number, record in _records(path):
-        where = f"{path}:{number}"
+    for where, record in _records(path):
         if "text" in record or "text_a" not in record:
             text_a, text_b = _text(record, "text", where, expected), None
         else:
@@ -119,10 +109,9 @@ def read_rerank(path: str | Path, evaluation: bool = False) -> list[RankingQuery
     """
     expected = '{"query", "positive", "negatives"} or {"query", "passage", "label"}'
     queries: dict[str, RankingQuery] = {}
-    for number, record in _records(path):
-        where = f"{path}:{number}"
+    for where, record in _records(path):
         text = _text(record, "query", where, expected)
-        entry = queries.setdefault(text, RankingQuery(text, line=number))
+        entry = queries.setdefault(text, RankingQuery(text, where=where))
         if "passage" in record:
             passage = _text(record, "passage", where, expected)
             label = record.get("label")
@@ -149,7 +138,7 @@ def read_rerank(path: str | Path, evaluation: bool = False) -> list[RankingQuery
         missing = "positive" if not entry.positives else "negative" if not entry.negatives else ""
         if missing and not evaluation:
             raise UserError(
-                f"{path}:{entry.line}: query {entry.query[:40]!r} has no {missing} passage; "
+                f"{entry.where}: query {entry.query[:40]!r} has no {missing} passage; "
                 "each query needs at least one of each"
             )
     if not queries:
@@ -177,7 +166,7 @@ def check_teacher_scores(queries: list[RankingQuery], path: str) -> None:
     for query in queries:
         if not set(query.teacher) >= {*query.positives, *query.negatives}:
             raise UserError(
-                f"{path}:{query.line}: query {query.query[:40]!r} lacks 'teacher' scores that "
+                f"{query.where}: query {query.query[:40]!r} lacks 'teacher' scores that "
                 "finetune.loss=distill needs; add them with scripts/teacher_scores.py"
             )
 
@@ -385,18 +374,10 @@ def _candidate_text(value, where: str) -> str:
 
 def read_candidates(path: str | Path) -> list[str]:
     """Candidate texts, one per line: ``{"text"}``, ``{"passage"}`` or a JSON string."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; pass a JSONL file to --candidates")
-    texts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-                texts.append(_candidate_text(value, f"{path}:{number}"))
+    lines = artifacts.read_jsonl(
+        path, missing="pass a JSONL file to --candidates", expected="one candidate per line"
+    )
+    texts = [_candidate_text(value, where) for where, value in lines]
     if not texts:
         raise UserError(f"{path}: no candidates; write one JSON object per line")
     return texts
@@ -405,8 +386,7 @@ def read_candidates(path: str | Path) -> list[str]:
 def read_scoring_queries(path: str | Path) -> list[tuple[str, list[str]]]:
     """``(query, candidates)`` per line of ``{"query", "candidates": [...]}``."""
     jobs = []
-    for number, record in _records(path):
-        where = f"{path}:{number}"
+    for where, record in _records(path):
         query = _text(record, "query", where, '{"query", "candidates"}')
         candidates = record.get("candidates")
         if not isinstance(candidates, list) or not candidates:

@@ -21,12 +21,9 @@ held-out query never occurs in training.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from mlm_jax import artifacts
 from mlm_jax.data.bm25_index import Bm25Index, tokenize
@@ -46,19 +43,12 @@ class Pairs:
 
 def read_pairs(path: str | Path) -> Pairs:
     """Read a pairs file; any bad line is a UserError naming ``file:line`` and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--pairs {path}: file not found; pass a JSONL file with {_EXPECTED}")
     pairs, passage_ids = Pairs(), {}
-    with path.open(encoding="utf-8", errors="strict") as handle:
-        try:
-            lines = list(enumerate(handle, 1))
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text; write {_EXPECTED}") from None
-    for number, line in lines:
-        if not line.strip():
-            continue
-        query, passage = _pair(line, f"{path}:{number}")
+    lines = artifacts.read_jsonl(
+        path, option="--pairs", missing=f"pass a JSONL file with {_EXPECTED}", expected=_EXPECTED
+    )
+    for where, record in lines:
+        query, passage = _pair(record, where)
         index = passage_ids.setdefault(passage, len(passage_ids))
         if index == len(pairs.passages):
             pairs.passages.append(passage)
@@ -72,11 +62,7 @@ def read_pairs(path: str | Path) -> Pairs:
     return pairs
 
 
-def _pair(line: str, where: str) -> tuple[str, str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not valid JSON ({exc.msg}); write {_EXPECTED}") from None
+def _pair(record, where: str) -> tuple[str, str]:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object; write {_EXPECTED}")
     texts = []
@@ -190,19 +176,3 @@ def build(
         f"passages (answer retrieved for {100 * recall:.1f}%)"
     )
     return meta
-
-
-def candidate_lists(eval_file: str | Path) -> dict[str, list[dict]]:
-    """The held-out candidate lines of an ``eval.jsonl``, grouped by query, in file order."""
-    grouped: dict[str, list[dict]] = {}
-    with Path(eval_file).open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                grouped.setdefault(record["query"], []).append(record)
-    return grouped
-
-
-def relevance_arrays(lists: dict[str, list[dict]]) -> list[np.ndarray]:
-    """0/1 relevance of each query's candidates, in list order."""
-    return [np.asarray([r["label"] for r in rows]) for rows in lists.values()]

@@ -16,23 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mlm_jax import artifacts
 from mlm_jax.data import bm25_index
 from mlm_jax.errors import UserError
 
 
 def _json_lines(path: str | Path, option: str, expected: str):
     """``(where, value)`` of each non-blank line; one-line errors naming the option."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{option} {path}: file not found; pass a JSONL file with {expected}")
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield f"{path}:{number}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write "
-                                    f"{expected}") from None  # fmt: skip
+    return artifacts.read_jsonl(
+        path, option=option, missing=f"pass a JSONL file with {expected}", expected=expected
+    )
 
 
 def _text(value, keys: tuple[str, ...], where: str, expected: str) -> str:

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from mlm_jax import artifacts
+
 
 class MetricsWriter:
     """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
@@ -29,12 +31,8 @@ class MetricsWriter:
         """Drop lines logged after ``step``: a resumed run rewrites them identically."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
+        artifacts.write_jsonl(self.path, kept)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -57,10 +55,12 @@ def _plain(value) -> float | None:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """Every record of a run's ``metrics.jsonl`` (none before its first step)."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = artifacts.read_jsonl(path, missing="train first", expected="the records we write")
+    return [record for _, record in lines]
 
 
 class ProgressLine:

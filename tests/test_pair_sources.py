@@ -1,12 +1,17 @@
-"""The dictionary parsing of ``scripts/make_pairs.py`` on entries in dictd's GCIDE format."""
+"""``mlm-jax data pairs``: pairs files from real text, and the dictionary parsing of
+dictd's GCIDE format."""
+
+import json
 
 import pytest
-from conftest import load_script
+from conftest import run_cli
+
+from mlm_jax.data import pair_sources
 
 
 @pytest.fixture(scope="module")
 def make_pairs():
-    return load_script("make_pairs")
+    return pair_sources
 
 
 # Shaped like the entries of /usr/share/dictd/gcide.dict.dz: headword line with the
@@ -58,3 +63,21 @@ def test_usage_leaves_out_an_entry_without_quotation(make_pairs):
     assert make_pairs._gcide_definition(UNQUOTED)[0] == "Cockle"
     assert make_pairs._quotations(UNQUOTED) == []
     assert make_pairs._gcide_usage(UNQUOTED) is None
+
+
+@pytest.mark.parametrize("source", ["pydocs", "wordnet"])
+def test_pairs_command_writes_distinct_pairs_of_real_text(source, tmp_path):
+    out = tmp_path / "pairs" / f"{source}.jsonl"
+    result = run_cli("data", "pairs", "--source", source, "--out", out)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert summary["pairs"] == len(lines) > 1000 and summary["queries"] <= len(lines)
+    assert len({(x["query"], x["passage"]) for x in lines}) == len(lines)
+    assert all(set(x) == {"query", "passage"} and len(x["passage"]) >= 40 for x in lines)
+
+
+def test_an_unknown_source_is_one_line_naming_the_sources(tmp_path):
+    result = run_cli("data", "pairs", "--source", "nowhere", "--out", tmp_path / "p.jsonl")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "pydocs" in result.stderr and not (tmp_path / "p.jsonl").exists()

@@ -1,6 +1,7 @@
-"""Write a ``{"query", "passage"}`` pairs file from real text on this machine.
+"""``{"query", "passage"}`` pairs from real text on this machine: ``mlm-jax data pairs``.
 
-Sources (no download; see docs/benchmarks.md, issue 15):
+Their file is what ``mlm-jax data relevance --pairs`` builds a relevance set from.
+Sources (no download; see docs/benchmarks.md):
 
 - ``wordnet``: query a single-sense word of WordNet 3.0, passage its definition (the
   gloss without the quoted examples). Mostly a semantic match: the word itself is rarely
@@ -12,22 +13,22 @@ Sources (no download; see docs/benchmarks.md, issue 15):
   so the text is Webster's own. Needs Debian's ``dict-gcide`` (``apt-get install
   dict-gcide``; read from ``/usr/share/dictd``).
 
-    python scripts/make_pairs.py --source pydocs --out runs/pairs/pydocs.jsonl
+    mlm-jax data pairs --source pydocs --out runs/pairs/pydocs.jsonl
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import gzip
 import json
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from mlm_jax import artifacts
 from mlm_jax.data import builtin_corpora, wordnet
+from mlm_jax.errors import UserError
 
 _QUOTED = re.compile(r'"[^"]*"')
 _MIN_PASSAGE_CHARS = 40
@@ -69,7 +70,7 @@ def _summary_and_body(doc: str) -> tuple[str, str] | None:
 
 def pydocs_pairs() -> Iterator[tuple[str, str]]:
     """(docstring summary line, the rest of the docstring) of stdlib functions and classes."""
-    for path in builtin_corpora._stdlib_sources():
+    for path in builtin_corpora.stdlib_sources():
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -149,7 +150,7 @@ def _gcide_entries() -> Iterator[str]:
     """Every entry of the dictionary once (several headwords share an entry)."""
     index, data = _GCIDE / "gcide.index", _GCIDE / "gcide.dict.dz"
     if not index.is_file() or not data.is_file():
-        sys.exit(f"{index} not found; run `apt-get install dict-gcide`")
+        raise UserError(f"{index} not found; install Webster's 1913: apt-get install dict-gcide")
     raw = gzip.decompress(data.read_bytes())
     entries = set()
     for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -178,22 +179,14 @@ SOURCES = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", required=True, choices=sorted(SOURCES))
-    parser.add_argument("--out", required=True, help="pairs JSONL to write")
-    args = parser.parse_args()
-    seen, lines = set(), []
-    for query, passage in SOURCES[args.source]():
-        if (query, passage) not in seen:
-            seen.add((query, passage))
-            lines.append(json.dumps({"query": query, "passage": passage}, ensure_ascii=False))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(json.dumps({"source": args.source, "out": str(out), "pairs": len(lines),
-                      "queries": len({json.loads(x)["query"] for x in lines})}))  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()
+def write(source: str, out: str | Path) -> dict:
+    """Write the distinct pairs of ``source`` to ``out`` (JSONL); a summary of what it holds."""
+    if source not in SOURCES:
+        raise UserError(f"--source {source} is not one of {', '.join(sorted(SOURCES))}")
+    pairs = list(dict.fromkeys(SOURCES[source]()))  # distinct, in the source's order
+    if not pairs:
+        raise UserError(f"--source {source} gave no pairs on this machine; pick another source")
+    lines = [json.dumps({"query": q, "passage": p}, ensure_ascii=False) for q, p in pairs]
+    artifacts.write_text_atomic(Path(out), "\n".join(lines) + "\n")
+    return {"source": source, "out": str(out), "pairs": len(pairs),
+            "queries": len({q for q, _ in pairs})}  # fmt: skip
