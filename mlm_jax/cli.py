@@ -173,7 +173,7 @@ def _cmd_data_peek(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from mlm_jax.training import pretrain as train
+    from mlm_jax.training import pretrain
 
     config = _load_config(args)
     _start_distributed(args)
@@ -181,7 +181,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         from mlm_jax.planning import plan
 
         plan.check_before_training(config)
-    train.run(config, workdir=args.workdir or _default_workdir(args.config))
+    pretrain.run(config, workdir=args.workdir or _default_workdir(args.config))
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
@@ -198,10 +198,12 @@ def _cmd_plan(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from mlm_jax.training import pretrain as train
+    from mlm_jax.training import pretrain
 
     _start_distributed(args)
-    train.evaluate_run(args.workdir, step=args.step, batches=args.batches, mask_rate=args.mask_rate)
+    pretrain.evaluate_run(
+        args.workdir, step=args.step, batches=args.batches, mask_rate=args.mask_rate
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """The typed experiment config: schema, YAML loading, dotted overrides, dumping.
 
-Every field is read by exactly one module; the help text of a field names it.
+Each field's description says what it controls (``mlm-jax config schema`` prints them).
 Relative paths are resolved against the working directory when a config is
 loaded, so the ``config.yaml`` dumped into a workdir reruns from anywhere.
 """

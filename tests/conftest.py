@@ -147,3 +147,13 @@ def write_config(path: Path, run_inputs: dict[str, Path], **sections) -> Path:
     inputs = {"source": str(run_inputs["data"]), "tokenizer": str(run_inputs["tokenizer"])}
     path.write_text(yaml.safe_dump(config_dict(RUN, {"data": inputs}, sections)))
     return path
+
+
+def sharded_params(config, mesh, seed: int):
+    """``(graphdef, params, param_shardings)`` of a fresh run of ``config`` with ``seed``,
+    initialised the way training does it (born sharded on ``mesh``)."""
+    from mlm_jax.state import train_state
+
+    config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+    graphdef, state, shardings = train_state.init_train_state(config, mesh)
+    return graphdef, state.params, shardings.params

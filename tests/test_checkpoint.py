@@ -69,12 +69,12 @@ def test_round_trip_is_bit_exact(tmp_path, mesh):
     with checkpoint.Checkpointer(tmp_path, config) as ckpt:
         assert ckpt.latest_step() is None
         assert ckpt.restore_latest(abstract(state, mesh)) is None
-        assert ckpt.save(5, state, data_state, extra={"tokens_seen": 1234})
+        assert ckpt.save(5, state, data_state)
         ckpt.wait()
         assert not ckpt.save(5, state, data_state, force=True)  # already on disk
     ckpt = checkpoint.Checkpointer(tmp_path, config)
-    step, restored, restored_data, extra = ckpt.restore_latest(abstract(state, mesh))
-    assert (step, restored_data, extra) == (5, data_state, {"tokens_seen": 1234})
+    step, restored, restored_data = ckpt.restore_latest(abstract(state, mesh))
+    assert (step, restored_data) == (5, data_state)
     assert_same_values(restored, state)
     assert restored["params"]["w"].sharding == state["params"]["w"].sharding
     assert restored["rng"].dtype == jnp.uint32
@@ -140,7 +140,7 @@ def test_damaged_newest_falls_back_and_is_moved_aside(tmp_path, mesh, caplog):
         caplog.at_level(logging.WARNING, logger="mlm_jax.state.checkpoint"),
         checkpoint.Checkpointer(tmp_path, config) as ckpt,
     ):
-        step, restored, data_state, _ = ckpt.restore_latest(target)
+        step, restored, data_state = ckpt.restore_latest(target)
         assert (step, data_state) == (1, {"step": 1})
         assert_same_values(restored, make_state(mesh, seed=1))
         assert ckpt.all_steps() == [1]
@@ -240,7 +240,7 @@ def test_save_killed_midway_is_never_restored(tmp_path, mesh):
     }
     with checkpoint.Checkpointer(tmp_path, make_config()) as ckpt:
         assert ckpt.latest_step() == 1
-        step, restored, data_state, _ = ckpt.restore_latest(target)
+        step, restored, data_state = ckpt.restore_latest(target)
         assert (step, data_state) == (1, {"step": 1})
         np.testing.assert_array_equal(np.asarray(restored["w"]), np.ones((64, 32)))
         assert ckpt.save(2, restored, {"step": 2})  # the same step saves cleanly afterwards
@@ -268,15 +268,15 @@ TWO_PROCESS_ROUND_TRIP = textwrap.dedent(
 
     mesh = jax.make_mesh((2, 2, 1), ("data", "fsdp", "tensor"))
     ckpt = checkpoint.Checkpointer(sys.argv[1], every_step)
-    ckpt.save(1, {"w": global_array(mesh, P("data", "fsdp"))}, {"rows": 5}, {"p": 1})
+    ckpt.save(1, {"w": global_array(mesh, P("data", "fsdp"))}, {"rows": 5})
     ckpt.close()
 
     other = jax.make_mesh((4, 1, 1), ("data", "fsdp", "tensor"))
     sharding = NamedSharding(other, P(None, "data"))
     ckpt = checkpoint.Checkpointer(sys.argv[1], every_step)
     target = {"w": jax.ShapeDtypeStruct(expected.shape, jnp.float32, sharding=sharding)}
-    step, state, data_state, extra = ckpt.restore_latest(target)
-    assert (step, data_state, extra) == (1, {"rows": 5}, {"p": 1})
+    step, state, data_state = ckpt.restore_latest(target)
+    assert (step, data_state) == (1, {"rows": 5})
     assert state["w"].sharding == sharding
     for shard in state["w"].addressable_shards:
         np.testing.assert_array_equal(np.asarray(shard.data), expected[shard.index])

@@ -24,7 +24,6 @@ from mlm_jax.hf import names
 from mlm_jax.hf import reader as hf_import
 from mlm_jax.hf import tokenizer as hf_tokenizer
 from mlm_jax.inference import fill_mask as inference
-from mlm_jax.model import encoder as encoder_lib
 from mlm_jax.model import encoder as model_lib
 from mlm_jax.model import sharding
 from mlm_jax.model.encoder import Encoder
@@ -238,7 +237,7 @@ def test_export_run_writes_verified_directory(run_inputs, fake_run, tmp_path, ca
     """Through export_run: sharded params on an 8-device mesh are gathered and verified."""
     config = make_config(run_inputs["tokenizer"], "bert")
     mesh = sharding.make_mesh(config)
-    graphdef, params, shardings = encoder_lib.create_sharded_model(config, mesh, 3)
+    graphdef, params, shardings = conftest.sharded_params(config, mesh, 3)
     host = jax.tree.map(np.asarray, params)
     params = jax.device_put(jax.tree.map(lambda x: x + 0.1, host), shardings)
     workdir = fake_run(config, graphdef, params)

@@ -83,7 +83,8 @@ def run_loop(delay_s: float, step_s: float = 0.0, steps: int = 12, log_every: in
     def train_step(state, batch):
         return fake_step(state, batch, step_s)
 
-    summary = loop.run(config, mesh, 0, 0, job, train_step, writer, checkpointer, NeverStop())
+    session = loop.Session(config, mesh, 0, 0, job, train_step, checkpointer)
+    summary = loop.run(session, writer, NeverStop())
     return summary, writer, checkpointer, fetched
 
 

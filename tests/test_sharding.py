@@ -36,10 +36,10 @@ def test_rules_table():
     assert sharding.logical_to_spec(("norm",)) == P(None)
 
 
-def test_create_sharded_model_places_each_parameter_by_its_axes():
+def test_fresh_params_are_placed_by_their_axes():
     config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     mesh = sharding.make_mesh(config)
-    _, params, shardings = encoder_lib.create_sharded_model(config, mesh, 0)
+    _, params, shardings = conftest.sharded_params(config, mesh, 0)
     table = params["embeddings"]["word_embeddings"].get_value()
     assert table.shape == (384, 32)
     assert table.sharding.spec == P("tensor", "fsdp")
@@ -54,7 +54,7 @@ def test_sharded_init_is_the_module_its_seed_builds():
     """The jitted initializer takes the seed's key as an input (so XLA has no constant
     initializer to fold), and still builds the weights ``nnx.Rngs(seed)`` builds."""
     config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
-    _, sharded, _ = encoder_lib.create_sharded_model(config, sharding.make_mesh(config), 3)
+    _, sharded, _ = conftest.sharded_params(config, sharding.make_mesh(config), 3)
     eager = nnx.split(encoder_lib.Encoder(config.model, rngs=nnx.Rngs(3)))[1]
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(eager), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -62,9 +62,9 @@ def test_sharded_init_is_the_module_its_seed_builds():
 
 def test_sharded_init_is_the_same_model_on_any_mesh():
     config = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
-    _, sharded, _ = encoder_lib.create_sharded_model(config, sharding.make_mesh(config), 3)
+    _, sharded, _ = conftest.sharded_params(config, sharding.make_mesh(config), 3)
     single_mesh = sharding.make_mesh(tiny_config(), devices=jax.devices()[:1])
-    _, single, _ = encoder_lib.create_sharded_model(tiny_config(), single_mesh, 3)
+    _, single, _ = conftest.sharded_params(tiny_config(), single_mesh, 3)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -72,7 +72,7 @@ def test_sharded_init_is_the_same_model_on_any_mesh():
 def test_guard_fires_when_parameters_are_replicated_under_fsdp():
     config = tiny_config("mesh.data=2", "mesh.fsdp=4")
     mesh = sharding.make_mesh(config)
-    _, params, _ = encoder_lib.create_sharded_model(config, mesh, 0)
+    _, params, _ = conftest.sharded_params(config, mesh, 0)
     sharding.assert_params_sharded(params, mesh, min_size=1024)  # correctly sharded: passes
     replicated = jax.device_put(params, NamedSharding(mesh, P()))
     with pytest.raises(ValueError, match="fully replicated"):
@@ -85,7 +85,7 @@ def test_guard_fires_when_parameters_are_replicated_under_fsdp():
 def test_indivisible_parameter_is_a_user_error():
     config = tiny_config("model.hidden_size=36", "model.num_heads=4", "mesh.data=1", "mesh.fsdp=8")
     with pytest.raises(UserError, match="cannot split"):
-        encoder_lib.create_sharded_model(config, sharding.make_mesh(config), 0)
+        conftest.sharded_params(config, sharding.make_mesh(config), 0)
 
 
 def test_host_batch_to_global_splits_rows_over_data_and_fsdp():

@@ -1,10 +1,10 @@
-"""Bringing Hugging Face BERT checkpoints in: ``model.init_from: hf:PATH``, ``predict`` on HF dirs.
+"""Hugging Face checkpoints in: ``model.init_from: hf:PATH``, and inference on HF directories.
 
 Reads ``config.json`` and ``model.safetensors`` (never pickle) of a ``BertModel``,
 ``BertForMaskedLM`` or ``ModernBertForMaskedLM`` (sliding-window and global layers in
 ModernBERT's pattern, with or without biases), checks the shapes against ``model.*``,
 and creates a missing MLM head the way ``transformers`` does, with one
-warning listing it. Tensor names come from :mod:`mlm_jax.export`'s table.
+warning listing it. Tensor names come from :mod:`mlm_jax.hf.names`' tables.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from mlm_jax.config import Config, ModelConfig
-from mlm_jax.model import precision, sharding
+from mlm_jax.model import precision
 from mlm_jax.model.attention import Segments, attention, dropout, segment_mask
 from mlm_jax.model.sharding import constrain
 
@@ -394,21 +394,6 @@ class Encoder(nnx.Module):
 def abstract_encoder(cfg: ModelConfig):
     """``(graphdef, state)`` of an encoder made of shapes only: nothing is allocated."""
     return nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))
-
-
-def create_sharded_model(config: Config, mesh, rngs_seed: int):
-    """Initialize the encoder directly into its sharded layout.
-
-    Returns ``(graphdef, params, param_shardings)``; ``params`` is an ``nnx.State``
-    whose arrays are already distributed (never fully on one device).
-    """
-
-    graphdef, abstract_params = abstract_encoder(config.model)
-    shardings = sharding.tree_shardings(abstract_params, mesh)
-    params = sharding.init_sharded(
-        lambda rngs: Encoder(config.model, rngs=rngs), rngs_seed, shardings
-    )
-    return graphdef, params, shardings
 
 
 def param_count(config: Config) -> int:

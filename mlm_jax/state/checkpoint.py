@@ -4,7 +4,7 @@ A checkpoint lives in ``WORKDIR/checkpoints/<step>/`` and holds three items:
 
 - ``state``: the train state, any pytree of ``jax.Array`` (params, optimizer state, step, rng);
 - ``data``: the data-iterator position, a JSON dict from the Grain pipeline;
-- ``meta``: JSON with the resolved config, the caller's ``extra`` dict and the versions used.
+- ``meta``: JSON with the resolved config and the versions used.
 
 Saves are asynchronous: :meth:`Checkpointer.save` returns once the arrays are copied to host
 memory, so the caller may donate or overwrite its state right away, and the write finishes in a
@@ -27,6 +27,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -80,13 +81,17 @@ _ITEM_HANDLERS = {
 }
 
 
+# TensorStore reports a failed write (disk full, permissions) as a ValueError or
+# RuntimeError, not an OSError, with the OS error in the message: "Error writing ...".
+_WRITE_FAILED = re.compile(r"\bError writing\b")
+
+
 class Restored(NamedTuple):
     """What a checkpoint gives back."""
 
     step: int
     state: Any  # the train state, on the shardings of the abstract target
     data_state: dict  # the input pipeline's position, for an exact resume
-    extra: dict  # the caller's ``extra`` dict saved with it
 
 
 class Checkpointer:
@@ -120,7 +125,6 @@ class Checkpointer:
         step: int,
         state: Any,
         data_state: Mapping[str, Any],
-        extra: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
         force: bool = False,
     ) -> bool:
@@ -134,7 +138,7 @@ class Checkpointer:
             return False
         if not force and not self._manager.should_save(step):
             return False
-        meta = {"step": step, "config": _config_dict(self.config), "extra": dict(extra or {})}
+        meta = {"step": step, "config": _config_dict(self.config)}
         meta["versions"] = manifest.package_versions()
         items = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -186,7 +190,7 @@ class Checkpointer:
         try:
             yield
         except (OSError, ValueError, RuntimeError) as exc:
-            if self._failed or ("rror writing" not in str(exc) and not isinstance(exc, OSError)):
+            if self._failed or not (isinstance(exc, OSError) or _WRITE_FAILED.search(str(exc))):
                 raise
             self._failed = True
             newest = self._manager.latest_step()  # as listed before the failed write
@@ -258,7 +262,7 @@ class Checkpointer:
                 meta=ocp.args.JsonRestore(),
             ),
         )
-        return Restored(step, restored["state"], restored["data"], restored["meta"]["extra"])
+        return Restored(step, restored["state"], restored["data"])
 
     def restore_latest(self, abstract_state: Any) -> Restored | None:
         """Restore the newest restorable checkpoint.

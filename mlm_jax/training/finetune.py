@@ -164,8 +164,8 @@ def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eva
         if evaluator is not None:
             evaluator.initial = _initial_metrics(initial, workdir)
 
-    summary = runs.execute(config, workdir, mesh, state, first_step, job, train_step,
-                           checkpointer, before=evaluate_initialisation)  # fmt: skip
+    session = loop.Session(config, mesh, state, first_step, job, train_step, checkpointer)
+    summary = runs.execute(session, workdir, before=evaluate_initialisation)
     summary.update({k.replace("eval/", "initial/"): v for k, v in initial.items()})
     return summary
 

@@ -85,6 +85,19 @@ class Job:
     input_knobs: str = ""  # what to raise when the loop waits on its input
 
 
+@dataclass
+class Session:
+    """One stretch of a run's loop: what it trains from which step, and what it saves to."""
+
+    config: Any
+    mesh: Any
+    state: Any  # the train state at ``first_step`` (donated to ``train_step``)
+    first_step: int
+    job: Job
+    train_step: Callable  # (state, global batch) -> (state, metrics)
+    checkpointer: Any  # mlm_jax.state.checkpoint.Checkpointer
+
+
 # Waiting on the next batch for more than this share of a logging window is worth a
 # warning: the accelerator idles that long, whatever the model and mesh.
 INPUT_BOUND_SHARE = 0.10
@@ -112,8 +125,10 @@ class Window:
         return time.perf_counter() - self.started
 
 
-def run(config, mesh, state, first_step: int, job: Job, train_step, writer, ckpt, stop) -> dict:
-    """Train from ``first_step`` to ``config.train.steps``; returns the final summary."""
+def run(session: Session, writer, stop) -> dict:
+    """Train from ``session.first_step`` to ``train.steps``; returns the final summary."""
+    config, mesh, state, job = session.config, session.mesh, session.state, session.job
+    first_step, train_step, ckpt = session.first_step, session.train_step, session.checkpointer
     total = config.train.steps
     progress = ProgressLine(total, accuracy_key=job.accuracy_key)
     if job.flops_per_token is not None and first_step < total:

@@ -124,7 +124,8 @@ def _train(config, workdir: Path, mesh, checkpointer) -> dict:
     )
     first_step = restored.step if restored is not None else 0
     try:
-        return runs.execute(config, workdir, mesh, state, first_step, job, train_step, checkpointer)
+        session = loop.Session(config, mesh, state, first_step, job, train_step, checkpointer)
+        return runs.execute(session, workdir)
     finally:
         data.close()
 

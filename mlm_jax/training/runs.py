@@ -125,30 +125,20 @@ def start(config, mesh, checkpointer):
 
 
 def execute(
-    config,
-    workdir: Path,
-    mesh,
-    state,
-    first_step: int,
-    job: loop.Job,
-    train_step,
-    checkpointer,
-    before: Callable[[MetricsWriter], None] | None = None,
+    session: loop.Session, workdir: Path, before: Callable[[MetricsWriter], None] | None = None
 ) -> dict:
     """Run the step loop with a metrics writer and SIGTERM/SIGINT handling.
 
     ``before(writer)`` runs first (fine-tuning logs its step-0 evaluation there).
     """
     writer = MetricsWriter(workdir, enabled=distributed.is_primary())
-    writer.truncate_after(first_step)
+    writer.truncate_after(session.first_step)
     stop = loop.StopRequest()
     stop.install()
     try:
         if before is not None:
             before(writer)
-        return loop.run(
-            config, mesh, state, first_step, job, train_step, writer, checkpointer, stop
-        )
+        return loop.run(session, writer, stop)
     finally:
         stop.uninstall()
         writer.close()
