@@ -102,6 +102,10 @@ def main() -> None:
                     precision.compute_dtype(config.model.dtype),
                     config.model.attention_dropout_rate,
                 ),
+                # Per layer: None (global) or the sliding window's reach either side.
+                "windows": [
+                    config.model.attention_window(n) for n in range(config.model.num_layers)
+                ],
                 "params": model_lib.param_count(config),
                 "global_batch_size": config.train.global_batch_size,
                 "seq_len": config.data.seq_len,

@@ -72,7 +72,10 @@ def test_search_equals_score_on_the_same_candidates(world, tmp_path):
 def test_queries_file_and_the_cached_index(world, tmp_path):
     collection = world["collection"]
     cache = bm25_index.cache_dir(collection)
-    (key,) = [p.name for p in cache.iterdir()]  # written by the first search
+    # The first search of this collection (here, or an earlier test's) writes the index.
+    run_cli("search", "--collection", collection, "--model", world["reranker"], _QUERY,
+            "--top-k", 3, check=True)  # fmt: skip
+    (key,) = [p.name for p in cache.iterdir()]
     written = (cache / key / "size.json").stat().st_mtime_ns
     queries = _write(tmp_path / "queries.jsonl", [{"query": _QUERY}, {"query": "striped horse"}])
     result = run_cli("search", "--collection", collection, "--model", world["reranker"],

@@ -148,6 +148,12 @@ def test_resume_on_other_mesh_and_device_count(run_inputs, tmp_path):
     assert sorted(losses[0]) == sorted(losses[1]) == list(range(1, 31))
     for step_number in range(21, 31):
         assert losses[1][step_number] == pytest.approx(losses[0][step_number], rel=1e-5)
+    # The weights too: the same model at step 30, up to the order of float32 reductions
+    # (10 Adam steps at the config's learning rate move each weight by ~1e-2).
+    a, b = _final_params(tmp_path / "a"), _final_params(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=2e-5, err_msg=name)
 
 
 def test_resume_refuses_another_tokenizer(straight_run, real_text, tmp_path):

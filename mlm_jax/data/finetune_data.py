@@ -10,7 +10,7 @@ Formats (one JSON object per line):
   missed it); it scores 0. For ``finetune.loss: distill`` every training passage carries a
   teacher's score: ``"teacher": [positive's, each negative's...]`` on a
   ``{"query", "positive", "negatives"}`` line, ``"teacher": number`` on a passage line
-  (``scripts/teacher_scores.py`` adds them from a sentence-transformers bi-encoder).
+  (``mlm-jax data teacher`` adds them from a sentence-transformers bi-encoder).
 
 Cross-encoder rows are ``[CLS] first [SEP] second [SEP]`` with token types 0 then 1;
 truncation keeps up to ``max_query_tokens`` of the first text and gives the rest of
@@ -167,7 +167,7 @@ def check_teacher_scores(queries: list[RankingQuery], path: str) -> None:
         if not set(query.teacher) >= {*query.positives, *query.negatives}:
             raise UserError(
                 f"{query.where}: query {query.query[:40]!r} lacks 'teacher' scores that "
-                "finetune.loss=distill needs; add them with scripts/teacher_scores.py"
+                "finetune.loss=distill needs; add them with `mlm-jax data teacher`"
             )
 
 

@@ -96,7 +96,7 @@ def split_queries(
 def _training_records(pairs: Pairs, index: Bm25Index, train: list[str], held: list[str],
                       negatives: int) -> list[dict]:  # fmt: skip
     """A line per training query: its first positive, BM25's hardest negatives, and the BM25
-    score of each (``scripts/teacher_scores.py --bm25-weight`` mixes them into a teacher)."""
+    score of each (``mlm-jax data teacher --bm25-weight`` mixes them into a teacher)."""
     excluded = {i for q in held for i in pairs.relevant[q]}
     records = []
     for query, words in zip(train, tokenize(train), strict=True):
