@@ -175,12 +175,20 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(family):
     assert 0.0 < difference < 0.05
 
 
-def test_cls_hidden_is_first_token():
-    model = make_model("modern")
-    ids, segments, positions = packed_row([SEQ])
-    np.testing.assert_array_equal(
-        model.cls_hidden(ids, segments, positions), model.encode(ids, segments, positions)[:, 0]
-    )
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_cls_hidden_equals_each_text_alone(family):
+    """Two texts packed in one row: each text's [CLS] state (``cls_index`` = row * L +
+    offset) is the one it gets alone in a row, so packing never changes a classifier's input."""
+    model = make_model(family)
+    ids, segments, positions = packed_row([20, 9], seed=3)
+    packed = model.cls_hidden(ids, segments, positions, cls_index=jnp.asarray([0, 20]))
+    for index, (start, length) in enumerate([(0, 20), (20, 9)]):
+        alone = np.zeros((1, SEQ), np.int32)
+        alone[0, :length] = np.asarray(ids)[0, start : start + length]
+        mask = (np.arange(SEQ) < length).astype(np.int32)[None]
+        position = np.where(mask, np.arange(SEQ), 0).astype(np.int32)
+        expected = model.cls_hidden(jnp.asarray(alone), jnp.asarray(mask), jnp.asarray(position))
+        np.testing.assert_allclose(packed[index], expected[0], rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- HF parity

@@ -223,8 +223,8 @@ def _numerics_config(dtype: str, run_inputs):
     )
 
 
-def _train_and_evaluate(config, steps: int) -> tuple[float, object, object]:
-    """Train ``steps`` steps on real text; ``(eval loss, final params, graphdef)``."""
+def _train_and_evaluate(config, steps: int) -> tuple[dict, object, object]:
+    """Train ``steps`` steps on real text: ``(eval metrics and baselines, params, graphdef)``."""
     from mlm_jax.data import pipeline
     from mlm_jax.training import pretrain as train
 
@@ -245,7 +245,7 @@ def _train_and_evaluate(config, steps: int) -> tuple[float, object, object]:
     finally:
         batches.close()
     evaluator = train.Evaluator(config, mesh, graphdef, shardings.params, num_batches=4)
-    return evaluator(state.params)["eval/loss"], state.params, graphdef
+    return evaluator(state.params), state.params, graphdef
 
 
 def _mean_loss_grads(config, params, batch):
@@ -269,8 +269,11 @@ def _mean_loss_grads(config, params, batch):
 # Stated tolerances. bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per operand),
 # so single products are off by ~0.4%; through a 2-layer model's gradient that grows to a
 # few percent. Over 300 steps the two runs drift apart like two seeds would, not further.
-GRAD_RELATIVE_TOLERANCE = 0.02  # measured: 0.0033
-EVAL_LOSS_TOLERANCE = 0.02  # nats, at an eval loss near 5 (measured: 1e-5)
+GRAD_RELATIVE_TOLERANCE = 0.01  # measured: 0.0033
+EVAL_LOSS_TOLERANCE = 1e-3  # nats, at an eval loss near 5 (measured: 1.3e-5)
+# How far under the unigram floor (the best context-free loss) fp32 must end: it ends
+# 0.030 under it after 300 steps (5.1169 against 5.1471), so it uses context.
+UNDER_THE_FLOOR = 0.015
 
 
 def measure_numerics(run_inputs, steps: int = 300) -> dict:
@@ -279,7 +282,8 @@ def measure_numerics(run_inputs, steps: int = 300) -> dict:
     losses, params = {}, {}
     for dtype in ("float32", "bfloat16"):
         config = _numerics_config(dtype, run_inputs)
-        losses[dtype], params[dtype], _ = _train_and_evaluate(config, steps)
+        metrics, params[dtype], _ = _train_and_evaluate(config, steps)
+        losses[dtype], floor = metrics["eval/loss"], metrics["baseline/unigram_loss"]
     config32 = _numerics_config("float32", run_inputs)
     config16 = _numerics_config("bfloat16", run_inputs)
     from mlm_jax.data import pipeline
@@ -289,14 +293,15 @@ def measure_numerics(run_inputs, steps: int = 300) -> dict:
     g16 = jax.tree.leaves(_mean_loss_grads(config16, params["float32"], batch))
     difference = np.sqrt(sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(g16, g32, strict=True)))
     norm = np.sqrt(sum(float(jnp.sum(b**2)) for b in g32))
-    return {"losses": losses, "grad_relative": difference / norm}
+    return {"losses": losses, "floor": floor, "grad_relative": difference / norm}
 
 
 @pytest.mark.slow
 def test_bf16_training_tracks_fp32_on_real_text(run_inputs):
     result = measure_numerics(run_inputs)
     losses = result["losses"]
-    print(f"eval loss after 300 steps: {losses}; gradients: {result['grad_relative']:.4f}")
-    assert losses["float32"] < 5.8  # it learned (ln 640 = 6.46 at the start)
+    print(f"eval loss after 300 steps: {losses}, unigram floor {result['floor']:.4f}; "
+          f"gradients: {result['grad_relative']:.4f}")  # fmt: skip
+    assert losses["float32"] < result["floor"] - UNDER_THE_FLOOR, (losses, result["floor"])
     assert abs(losses["bfloat16"] - losses["float32"]) <= EVAL_LOSS_TOLERANCE, losses
     assert 0.0 < result["grad_relative"] <= GRAD_RELATIVE_TOLERANCE
