@@ -370,20 +370,66 @@ def test_score_many_queries_matches_one_at_a_time(reranker, tmp_path):
             assert float(score) == pytest.approx(item["score"], abs=1e-5)
 
 
-def test_finetune_resumes_from_its_checkpoint(datasets, run_inputs, pretrained, tmp_path):
+def _pair_records(count: int = 160) -> list[dict]:
+    """Sentence pairs: two passages of one genre (label 1) or of both (label 0)."""
+    train, _ = _genre_records()
+    by_label = {0: [r["text"] for r in train if r["label"] == 0],
+                1: [r["text"] for r in train if r["label"] == 1]}  # fmt: skip
+    rng = random.Random(5)
+    records = []
+    for i in range(count):
+        first = rng.choice(by_label[i % 2])
+        same = rng.random() < 0.5
+        second = rng.choice(by_label[i % 2 if same else 1 - i % 2])
+        records.append({"text_a": first[:150], "text_b": second[:150], "label": int(same)})
+    return records
+
+
+def _losses_and_weights(workdir):
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+    from flax import nnx
+
+    from mlm_jax.state import restore
+
+    _, _, params = restore.restore_params(str(workdir))
+    return losses, {str(k): np.asarray(v) for k, v in nnx.to_flat_state(params)}
+
+
+def test_sentence_pair_classifier_resumes_bit_identically_and_exports(
+    run_inputs, pretrained, tmp_path
+):
+    """{"text_a", "text_b", "label"} end to end: fine-tuned 20 steps straight, and 10 + 10
+    with a resume between, gives the same losses and weights bit for bit (dropout on, so
+    the keys resume too); the export's pair logits match transformers'."""
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", _pair_records())
     cfg_path = tmp_path / "ft.yaml"
     _finetune_config(cfg_path, run_inputs, pretrained, task="classify", loss="cross_entropy",
-                     num_labels=2, train_file=str(datasets["genre_train"]))  # fmt: skip
-    workdir = tmp_path / "run"
-    first = run_cli("finetune", "--config", cfg_path, "--workdir", workdir, "--set",
-                    "train.steps=10", "--set", "train.checkpoint_every=10")  # fmt: skip
-    assert first.returncode == 0, first.stderr
-    second = run_cli("finetune", "--config", cfg_path, "--workdir", workdir, "--set",
-                     "train.steps=20", "--set", "train.checkpoint_every=10")  # fmt: skip
-    assert second.returncode == 0, second.stderr
+                     num_labels=2, train_file=str(pairs))  # fmt: skip
+    every = (
+        "--set",
+        "train.checkpoint_every=10",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "model.dropout_rate=0.1",
+        "--set",
+        "model.attention_dropout_rate=0.1",
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli("finetune", "--config", cfg_path, "--workdir", straight, "--set", "train.steps=20",
+            *every, check=True)  # fmt: skip
+    run_cli("finetune", "--config", cfg_path, "--workdir", resumed, "--set", "train.steps=10",
+            *every, check=True)  # fmt: skip
+    second = run_cli("finetune", "--config", cfg_path, "--workdir", resumed, "--set",
+                     "train.steps=20", *every, check=True)  # fmt: skip
     assert "resumed from checkpoint step 10" in second.stderr
-    steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) == 20
+    (losses, weights), (again, weights_again) = map(_losses_and_weights, (straight, resumed))
+    assert sorted(losses) == list(range(1, 21)) and losses == again
+    for name in weights:
+        np.testing.assert_array_equal(weights_again[name], weights[name], err_msg=name)
+    export = run_cli("export", "--workdir", resumed, "--out", tmp_path / "out", check=True)
+    assert "export verified" in export.stdout + export.stderr
 
 
 def test_losses_by_hand():

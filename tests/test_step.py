@@ -364,3 +364,19 @@ def test_the_learning_rate_schedule_reaches_the_optimizer():
     history, state, initial = run_steps(tiny_config("optim.warmup_steps=2"), batches)
     assert [h["train/learning_rate"] for h in history] == pytest.approx([0.0, PEAK_LR / 2, PEAK_LR])
     assert_params_moved(state, initial)
+
+
+def test_lamb_trains_in_a_real_step():
+    """LAMB, not only AdamW, through the real train step: it overfits a fixed batch, and
+    its trust ratio makes its updates other than AdamW's from the same start. (Its steps
+    scale with each layer's weight norm, ~0.02 at init here: hence the larger rate.)"""
+    batch = random_batch(8, seed=5)
+    config = tiny_config("optim.name=lamb", "optim.learning_rate=0.05")
+    lamb, lamb_state, initial = run_steps(config, [batch] * 30)
+    losses = [m["train/loss"] for m in lamb]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert all(m["train/nonfinite"] == 0.0 for m in lamb)
+    assert_params_moved(lamb_state, initial)
+    # Step 0 runs at warmup's rate 0; step 1 is the first real update of either optimizer.
+    adamw, _, _ = run_steps(tiny_config("optim.learning_rate=0.05"), [batch] * 3)
+    assert lamb[2]["train/loss"] != pytest.approx(adamw[2]["train/loss"], abs=1e-3)

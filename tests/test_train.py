@@ -184,6 +184,26 @@ def test_nonfinite_raise_names_step_and_checkpoint(run_inputs, tmp_path):
     assert "non-finite" in last and "at step" in last and "checkpoint" in last
 
 
+def test_nonfinite_skip_leaves_the_weights_of_the_last_good_step(run_inputs, tmp_path):
+    """A learning rate of 1e30: step 1 is finite and throws the weights to ~1e30, after which
+    every loss is non-finite. With on_nonfinite=skip the run goes on to the end, counts the
+    skipped steps, and saves exactly the weights step 1 left."""
+    optim = {"learning_rate": 1e30, "warmup_steps": 0, "clip_norm": None}
+    cfg = write_config(tmp_path / "run.yaml", run_inputs, optim=optim,
+                       train={"on_nonfinite": "skip", "log_every": 1, "eval_every": 0})  # fmt: skip
+    skipped = run_cli("train", "--config", cfg, "--workdir", tmp_path / "skip",
+                      "--set", "train.steps=5", check=True)  # fmt: skip
+    assert skipped.stderr.count("update skipped") == 4, skipped.stderr
+    records = [r for r in _metrics(tmp_path / "skip") if "train/skipped_steps" in r]
+    assert [r["train/skipped_steps"] for r in records] == [0, 1, 2, 3, 4]
+    run_cli("train", "--config", cfg, "--workdir", tmp_path / "one", "--set", "train.steps=1",
+            check=True)  # fmt: skip
+    after_skips, after_one = _final_params(tmp_path / "skip"), _final_params(tmp_path / "one")
+    assert after_skips.keys() == after_one.keys()
+    for name in after_one:
+        np.testing.assert_array_equal(after_skips[name], after_one[name], err_msg=name)
+
+
 def test_eval_command_matches_the_logged_evaluation(straight_run):
     result = run_cli("eval", "--workdir", straight_run)
     assert result.returncode == 0, result.stderr
