@@ -90,7 +90,18 @@ def check_resumable(previous: dict, current: dict) -> None:
             "the tokenizer differs from the one this run was trained with; point data.tokenizer "
             "back at it, or start a new --workdir"
         )
-    detail = model_shape_changes(previous["config"]["model"], current["config"]["model"])
+    before, now = previous["config"]["model"], current["config"]["model"]
+    if (
+        before.get("family") == "modern"
+        and "global_attn_every_n_layers" not in before
+        and now.get("global_attn_every_n_layers") != 1
+    ):
+        # Written before sliding windows existed: every layer of it attended globally.
+        raise UserError(
+            "this modern run was trained with every layer global, before sliding windows; "
+            "resume it with --set model.global_attn_every_n_layers=1"
+        )
+    detail = model_shape_changes(before, now)
     if detail:
         raise UserError(
             f"this run's checkpoints have other model shapes ({detail}); "

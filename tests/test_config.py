@@ -129,3 +129,20 @@ def test_cli_schema_lists_fields_with_help():
     assert result.returncode == 0
     line = next(x for x in result.stdout.splitlines() if x.startswith("optim.learning_rate"))
     assert "float" in line and "#" in line
+
+
+def test_a_modern_run_from_before_sliding_windows_resumes_only_all_global():
+    """Its manifest has no window fields: every layer of it attended globally, which the
+    new default (a global layer every third) would silently change."""
+    from mlm_jax import manifest
+
+    old = {"tokenizer_fingerprint": "t", "config": {"model": {"family": "modern"}}}
+    now = {"tokenizer_fingerprint": "t",
+           "config": {"model": {"family": "modern", "global_attn_every_n_layers": 3}}}  # fmt: skip
+    with pytest.raises(UserError, match="global_attn_every_n_layers=1"):
+        manifest.check_resumable(old, now)
+    now["config"]["model"]["global_attn_every_n_layers"] = 1
+    manifest.check_resumable(old, now)
+    bert = {"tokenizer_fingerprint": "t", "config": {"model": {"family": "bert"}}}
+    manifest.check_resumable(bert, {**bert, "config": {"model": {"family": "bert",
+                             "global_attn_every_n_layers": 3}}})  # fmt: skip
