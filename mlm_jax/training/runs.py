@@ -18,6 +18,7 @@ import jax
 from mlm_jax import config as config_lib
 from mlm_jax import distributed, manifest
 from mlm_jax.errors import UserError
+from mlm_jax.model import sharding
 from mlm_jax.model.tasks import task_of
 from mlm_jax.state import checkpoint, restore, train_state
 from mlm_jax.training import loop
@@ -105,10 +106,12 @@ def opened(config, workdir: Path, tokenizer, mesh) -> Iterator[checkpoint.Checkp
 
 def fresh_state(config, mesh, shardings) -> train_state.TrainState:
     """Step 0: fresh weights, the encoder's from ``model.init_from`` when it is set."""
-    state = train_state.state_initializer(config, shardings)(jax.random.key(config.train.seed))
     if not config.model.init_from:
-        return state
-    params = task_of(config).with_encoder(state.params, initial_params(config, mesh))
+        return train_state.state_initializer(config, shardings)(jax.random.key(config.train.seed))
+    # Fresh weights only: the optimizer state is made once, around the final parameters.
+    task = task_of(config)
+    params = sharding.init_sharded(task.build, config.train.seed, shardings.params)
+    params = task.with_encoder(params, initial_params(config, mesh))
     return train_state.train_state_from_params(config, params, shardings)
 
 
