@@ -29,6 +29,36 @@ def copies(run_inputs, tmp_path) -> dict[str, Path]:
     return out
 
 
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def saved_run(run_inputs, tmp_path_factory) -> Path:
+    """A workdir whose run saved a checkpoint at step 2, on undamaged inputs."""
+    root = tmp_path_factory.mktemp("saved")
+    config = write_config(root / "run.yaml", run_inputs)
+    run_cli("train", "--config", config, "--workdir", root / "run", "--set", "train.steps=2",
+            check=True)  # fmt: skip
+    return root / "run"
+
+
+def _resume_refused(config: Path, saved_run: Path, tmp_path: Path, *words) -> None:
+    """Resuming a copy of ``saved_run`` over damaged inputs stops in one line (the words in
+    it) and leaves every checkpoint file as it was."""
+    workdir = tmp_path / "resumed"
+    shutil.copytree(saved_run, workdir)
+    before = _tree_digest(workdir / "checkpoints")
+    assert before, "the saved run has no checkpoint to protect"
+    train = run_cli("train", "--config", config, "--workdir", workdir, "--set", "train.steps=4")
+    _one_line_error(train, *words)
+    assert _tree_digest(workdir / "checkpoints") == before
+
+
 def _one_line_error(result, *words):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -50,32 +80,30 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_shard_stops_train_and_peek_in_one_line(damage, copies, tmp_path):
+def test_a_damaged_shard_stops_train_and_peek_in_one_line(damage, copies, saved_run, tmp_path):
     config = write_config(tmp_path / "run.yaml", copies)
     shard = _shard(copies["data"])
     DAMAGE[damage](shard)
-    train = run_cli("train", "--config", config, "--workdir", tmp_path / "run")
-    _one_line_error(train, str(shard), "data prepare")
+    _resume_refused(config, saved_run, tmp_path, str(shard), "data prepare")
     peek = run_cli("data", "peek", "--config", config)
     _one_line_error(peek, str(shard), "data prepare")
     verify = run_cli("data", "verify", copies["data"])
     assert verify.returncode == 2 and f"damaged: {shard}" in verify.stdout
 
 
-def test_a_cut_dataset_info_is_named(copies, tmp_path):
+def test_a_cut_dataset_info_is_named(copies, saved_run, tmp_path):
     config = write_config(tmp_path / "run.yaml", copies)
     (info,) = copies["data"].rglob("dataset_info.json")
     info.write_text(info.read_text()[:40])
-    _one_line_error(run_cli("train", "--config", config, "--workdir", tmp_path / "run"), str(info))
+    _resume_refused(config, saved_run, tmp_path, str(info))
 
 
 @pytest.mark.parametrize("same_size", [True, False])
-def test_an_overwritten_tokenizer_is_named(same_size, copies, tmp_path):
+def test_an_overwritten_tokenizer_is_named(same_size, copies, saved_run, tmp_path):
     config = write_config(tmp_path / "run.yaml", copies)
     model = copies["tokenizer"] / "spm.model"
     _junk(model, model.stat().st_size if same_size else 1000)
-    train = run_cli("train", "--config", config, "--workdir", tmp_path / "run")
-    _one_line_error(train, str(model), "tokenizer train")
+    _resume_refused(config, saved_run, tmp_path, str(model), "tokenizer train")
     verify = run_cli("data", "verify", copies["data"], "--tokenizer", copies["tokenizer"])
     assert verify.returncode == 2 and str(model) in verify.stdout
 
@@ -94,14 +122,6 @@ def test_verify_passes_a_whole_dataset_and_finds_same_size_damage(copies):
     assert damaged.returncode == 2
     assert f"damaged: {shard} does not match its checksum" in damaged.stdout
     assert damaged.stderr.count("\n") == 1
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.mark.slow
