@@ -41,6 +41,13 @@ class ModelConfig(_Section):
     attention_dropout_rate: float = Field(
         0.1, ge=0.0, lt=1.0, description="dropout on attention probabilities"
     )
+    dropout_bits: Literal[8, 16, 32] = Field(
+        8,
+        description="random bits per dropped element: 8 or 16 cut every 32-bit draw of the "
+        "generator into 4 or 2 (the keep probability rounds to a multiple of 2^-bits and the "
+        "scale follows it, so the expectation is exact); 32 is jax.random.bernoulli, what runs "
+        "made before this field used",
+    )
     layer_norm_eps: float = Field(1e-12, gt=0.0, description="epsilon of every layer norm")
     rope_theta: float = Field(
         160000.0, gt=0.0, description="rotary base frequency of the global layers, modern only"

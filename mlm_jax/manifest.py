@@ -101,12 +101,22 @@ def check_resumable(previous: dict, current: dict) -> None:
             "this modern run was trained with every layer global, before sliding windows; "
             "resume it with --set model.global_attn_every_n_layers=1"
         )
+    if "dropout_bits" not in before and now.get("dropout_bits") != 32 and _drops(now):
+        # Written before narrow dropout draws: every mask came from jax.random.bernoulli.
+        raise UserError(
+            "this run was trained with 32-bit dropout draws, before model.dropout_bits "
+            "existed; resume it with --set model.dropout_bits=32"
+        )
     detail = model_shape_changes(before, now)
     if detail:
         raise UserError(
             f"this run's checkpoints have other model shapes ({detail}); "
             "use a new --workdir or restore the old settings"
         )
+
+
+def _drops(model: dict) -> bool:
+    return model.get("dropout_rate", 0) > 0 or model.get("attention_dropout_rate", 0) > 0
 
 
 _SHAPE_KEYS = (

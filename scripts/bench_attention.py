@@ -39,7 +39,15 @@ def value_and_grads(path: str, dtype):
 
     def loss(q, k, v, mask, probe):
         out = attention_lib.attention(
-            q, k, v, mask, dtype=dtype, dropout_rate=0.0, key=None, kernel=path
+            q,
+            k,
+            v,
+            mask,
+            dtype=dtype,
+            dropout_rate=0.0,
+            dropout_bits=8,
+            key=None,
+            kernel=path,
         )
         return jnp.sum(out * probe), out
 

@@ -146,3 +146,21 @@ def test_a_modern_run_from_before_sliding_windows_resumes_only_all_global():
     bert = {"tokenizer_fingerprint": "t", "config": {"model": {"family": "bert"}}}
     manifest.check_resumable(bert, {**bert, "config": {"model": {"family": "bert",
                              "global_attn_every_n_layers": 3}}})  # fmt: skip
+
+
+def test_a_run_from_before_narrow_dropout_draws_resumes_only_with_32_bits():
+    """Its manifest has no dropout_bits: its masks came from 32-bit draws, which the new
+    default (8 bits) would silently change; without dropout nothing changes."""
+    from mlm_jax import manifest
+
+    old = {"tokenizer_fingerprint": "t", "config": {"model": {"dropout_rate": 0.1}}}
+    now = {"tokenizer_fingerprint": "t", "config": {"model": {"dropout_rate": 0.1,
+           "dropout_bits": 8}}}  # fmt: skip
+    with pytest.raises(UserError, match="dropout_bits=32"):
+        manifest.check_resumable(old, now)
+    now["config"]["model"]["dropout_bits"] = 32
+    manifest.check_resumable(old, now)
+    off = {"dropout_rate": 0.0, "attention_dropout_rate": 0.0}
+    now_off = {**off, "dropout_bits": 8}
+    before, after = ({"tokenizer_fingerprint": "t", "config": {"model": m}} for m in (off, now_off))
+    manifest.check_resumable(before, after)

@@ -137,10 +137,10 @@ def test_explicit_attention_path_matches_dot_product_attention():
     segments = jnp.asarray(np.repeat([[1, 1, 2, 0]], SEQ // 4, axis=1).repeat(2, 0))
     mask = attention_lib.segment_mask(segments)
     reference = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    explicit = attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
+    explicit = attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None, 8)
     np.testing.assert_allclose(explicit, reference, rtol=1e-5, atol=1e-5)
     # The bf16 path is the same function up to bf16 rounding of the operands.
-    low = attention_lib.explicit_attention(q, k, v, mask, jnp.bfloat16, 0.0, None)
+    low = attention_lib.explicit_attention(q, k, v, mask, jnp.bfloat16, 0.0, None, 8)
     reference_low = jax.nn.dot_product_attention(
         *(t.astype(jnp.bfloat16) for t in (q, k, v)), mask=mask
     ).astype(jnp.float32)
@@ -158,6 +158,26 @@ def test_dropout_only_with_a_key():
     np.testing.assert_array_equal(one, again)
     assert not np.allclose(one, base, atol=1e-3)
     assert not np.allclose(one, two, atol=1e-3)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32])
+def test_dropout_drops_at_its_rate_and_keeps_the_expectation(bits):
+    """Every width of draw drops close to the rate, independently per element (the odd
+    last dimension and each byte of a word included), and rescales the kept ones so the
+    mean is unchanged; 32 bits is jax.random.bernoulli, as runs before narrow draws had."""
+    x = jnp.ones((64, 257, 33), jnp.float32)
+    key = jax.random.key(3)
+    out = np.asarray(attention_lib.dropout(x, 0.1, key, bits))
+    dropped = out == 0
+    assert abs(dropped.mean() - 0.1) < 0.003, dropped.mean()
+    assert abs(out.mean() - 1.0) < 0.01, out.mean()
+    # Neighbours (the bytes of one word) are not correlated: the rate of both dropped.
+    both = (dropped[..., 1:] & dropped[..., :-1]).mean()
+    assert abs(both - 0.01) < 0.002, both
+    if bits == 32:
+        keep = jax.random.bernoulli(key, 0.9, x.shape)
+        np.testing.assert_array_equal(out, np.where(keep, 1 / 0.9, 0).astype(np.float32))
+    assert np.asarray(attention_lib.dropout(x, 0.1, jax.random.key(4), bits) == 0).mean() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)

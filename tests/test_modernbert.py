@@ -150,7 +150,7 @@ def test_transformers_modernbert_imports_matches_and_exports_back(biases, tmp_pa
 
 def _reference(q, k, v, segment_ids, window):
     mask = attention_lib.segment_mask(segment_ids) & attention_lib.band(q.shape[1], window)
-    return attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
+    return attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None, 8)
 
 
 def _qkv_and_segments(length: int, seed: int = 0):
@@ -167,11 +167,13 @@ def test_blocked_window_computes_the_banded_square():
     length, window = 256, 16
     q, k, v, segment_ids = _qkv_and_segments(length)
     assert attention_lib.blocked_window_pays(length, window)
-    blocked = attention_lib.windowed_attention(q, k, v, segment_ids, window, jnp.float32, 0.0, None)
+    blocked = attention_lib.windowed_attention(
+        q, k, v, segment_ids, window, jnp.float32, 0.0, None, 8
+    )
     np.testing.assert_allclose(blocked, _reference(q, k, v, segment_ids, window), atol=1e-5)
     # With dropout, the same key gives the same output and another key another one.
     drop = lambda key: attention_lib.windowed_attention(  # noqa: E731
-        q, k, v, segment_ids, window, jnp.float32, 0.5, key
+        q, k, v, segment_ids, window, jnp.float32, 0.5, key, 8
     )
     first, again = drop(jax.random.key(1)), drop(jax.random.key(1))
     np.testing.assert_array_equal(first, again)

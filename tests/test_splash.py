@@ -31,7 +31,7 @@ def test_splash_forward_and_backward_match_the_explicit_path():
     q, k, v, probe, segments = _packed()
     mask = attention_lib.segment_mask(segments)
     explicit = _value_and_grads(
-        lambda q, k, v: attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None),
+        lambda q, k, v: attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None, 8),
         q, k, v, probe,
     )  # fmt: skip
     kernel = _value_and_grads(
@@ -50,7 +50,7 @@ def test_splash_runs_per_device_under_the_mesh():
     mesh = sharding.make_mesh(config)
     q, k, v, probe, segments = _packed(batch=4)
     mask = attention_lib.segment_mask(segments)
-    reference = attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None)
+    reference = attention_lib.explicit_attention(q, k, v, mask, jnp.float32, 0.0, None, 8)
 
     def attend(q, k, v, segments):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):

@@ -19,12 +19,33 @@ import numpy as np
 from mlm_jax.model import precision
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; ``key=None`` means deterministic (eval)."""
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, bits: int) -> jax.Array:
+    """Inverted dropout; ``key=None`` means deterministic (eval).
+
+    ``bits`` random bits decide each element (the config's ``model.dropout_bits``). Drawing
+    the random words is most of dropout's cost on a CPU (threefry is ~20 integer rounds per
+    pair of words), so 8 bits per element quarter it. The draws stay threefry's
+    partitionable ones: an element's bits depend on its index, not on the mesh.
+    """
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    if bits == 32:
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    keep, keep_probability = _narrow_keep_mask(key, x.shape, rate, bits)
+    return jnp.where(keep, x * (1.0 / keep_probability), jnp.zeros_like(x)).astype(x.dtype)
+
+
+def _narrow_keep_mask(key, shape: tuple[int, ...], rate: float, bits: int):
+    """A keep mask from ``bits``-bit draws, each 32-bit word split into ``32 // bits``, and
+    the keep probability it really has (``1 - rate`` rounded to a multiple of 2^-bits)."""
+    per_word = 32 // bits
+    last = shape[-1] if shape else 1
+    words = jax.random.bits(key, (*shape[:-1], -(-last // per_word)), jnp.uint32)
+    narrow = jax.lax.bitcast_convert_type(words, jnp.uint8 if bits == 8 else jnp.uint16)
+    draws = narrow.reshape(*shape[:-1], -1)[..., :last].reshape(shape)
+    threshold = max(1, round((1.0 - rate) * 2**bits))
+    return draws < threshold, threshold / 2**bits
 
 
 class Segments(NamedTuple):
@@ -61,8 +82,9 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
 
 @jax.named_scope("attention")
 def attention(
-    q, k, v, segments: Segments, *, dtype, dropout_rate: float, key, kernel="auto", window=None
-):
+    q, k, v, segments: Segments, *, dtype, dropout_rate: float, dropout_bits: int, key,
+    kernel="auto", window=None,
+):  # fmt: skip
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
     ``window``: a sliding-window layer's reach, the number of tokens a query sees on
@@ -80,10 +102,12 @@ def attention(
 
         return splash.splash_attention(q, k, v, segments.ids, dtype, window=window)
     if window is not None and path != "cudnn" and blocked_window_pays(length, window):
-        return windowed_attention(q, k, v, segments.ids, window, dtype, dropout_rate, key)
+        return windowed_attention(
+            q, k, v, segments.ids, window, dtype, dropout_rate, key, dropout_bits
+        )
     if path == "explicit":
         mask = segments.mask if window is None else segments.mask & band(length, window)
-        return explicit_attention(q, k, v, mask, dtype, dropout_rate, key)
+        return explicit_attention(q, k, v, mask, dtype, dropout_rate, key, dropout_bits)
     q, k, v = (t.astype(dtype) for t in (q, k, v))
     out = jax.nn.dot_product_attention(
         q, k, v, mask=segments.mask,
@@ -123,12 +147,12 @@ def attention_path(kernel: str, dtype, dropout_rate: float, length: int = 128) -
     return "cudnn" if platform == "gpu" else "explicit"
 
 
-def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key: jax.Array | None):
+def explicit_attention(q, k, v, mask, dtype, dropout_rate: float, key, dropout_bits: int):
     """Softmax attention written out: both products under the precision policy."""
     scale = q.shape[-1] ** -0.5
     logits = precision.einsum("bqhd,bkhd->bhqk", q, k, dtype) * scale  # [B, H, L, L] f32
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)  # float32
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key, dropout_bits)  # f32
     return precision.einsum("bhqk,bkhd->bqhd", probs, v, dtype)
 
 
@@ -151,7 +175,7 @@ def blocked_window_pays(length: int, window: int) -> bool:
     return length % window == 0 and length >= 6 * window
 
 
-def windowed_attention(q, k, v, segment_ids, window: int, dtype, dropout_rate: float, key):
+def windowed_attention(q, k, v, segment_ids, window: int, dtype, dropout_rate, key, dropout_bits):
     """Sliding-window attention in O(L * window): each block of ``window`` queries meets
     the keys of its own block and its two neighbours, the only keys its band can reach.
 
@@ -178,6 +202,6 @@ def windowed_attention(q, k, v, segment_ids, window: int, dtype, dropout_rate: f
     scale = d**-0.5
     logits = precision.einsum("bnqhd,bnkhd->bhnqk", queries, keys, dtype) * scale
     logits = jnp.where((same & reach)[:, None], logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key, dropout_bits)
     out = precision.einsum("bhnqk,bnkhd->bnqhd", probs, values, dtype)
     return out.reshape(b, length, h, d)

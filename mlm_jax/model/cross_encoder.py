@@ -50,7 +50,9 @@ class CrossEncoder(nnx.Module):
             pooled = jnp.tanh(self.pooler(cls))  # BertPooler
         else:
             pooled = self.pooler_norm(gelu(self.pooler(cls)))  # ModernBertPredictionHead
-        return self.classifier(dropout(pooled, self.cfg.dropout_rate, head_key))  # [B, C]
+        return self.classifier(
+            dropout(pooled, self.cfg.dropout_rate, head_key, self.cfg.dropout_bits)
+        )  # [B, C]
 
 
 def num_outputs(config) -> int:

@@ -145,13 +145,14 @@ class BertBlock(nnx.Module):
             segments,
             dtype=self.dtype,
             dropout_rate=cfg.attention_dropout_rate,
+            dropout_bits=cfg.dropout_bits,
             key=attn_key,
             kernel=cfg.attention_kernel,
         )
         a = self.attention_output(a.reshape(x.shape))  # [B, L, D]
-        x = self.attention_norm(x + dropout(a, cfg.dropout_rate, attn_out_key))
+        x = self.attention_norm(x + dropout(a, cfg.dropout_rate, attn_out_key, cfg.dropout_bits))
         h = self.output(gelu(self.intermediate(x)))  # [B, L, D]
-        x = self.output_norm(x + dropout(h, cfg.dropout_rate, mlp_key))
+        x = self.output_norm(x + dropout(h, cfg.dropout_rate, mlp_key, cfg.dropout_bits))
         return constrain(x, ("batch", "length", "act_embed"))
 
 
@@ -196,15 +197,18 @@ class ModernBlock(nnx.Module):
             segments,
             dtype=self.dtype,
             dropout_rate=cfg.attention_dropout_rate,
+            dropout_bits=cfg.dropout_bits,
             key=attn_key,
             kernel=cfg.attention_kernel,
             window=self.window,
         )
         a = self.Wo(a.reshape(x.shape))
-        x = x + dropout(a, cfg.attention_dropout_rate, attn_out_key)  # HF attn.out_drop
+        x = x + dropout(
+            a, cfg.attention_dropout_rate, attn_out_key, cfg.dropout_bits
+        )  # HF attn.out_drop
         gated = self.Wi(self.mlp_norm(x))  # [B, L, 2, I]
         h = gelu(gated[:, :, 0]) * gated[:, :, 1]
-        x = x + self.mlp_Wo(dropout(h, cfg.dropout_rate, mlp_key))
+        x = x + self.mlp_Wo(dropout(h, cfg.dropout_rate, mlp_key, cfg.dropout_bits))
         return constrain(x, ("batch", "length", "act_embed"))
 
 
@@ -340,7 +344,8 @@ class Encoder(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         keys = _split_key(dropout_key, len(self.layers) + 1)
         x = self.embeddings(input_ids, positions, token_type_ids)  # [B, L, D]
-        x = constrain(dropout(x, self.cfg.dropout_rate, keys[0]), ("batch", "length", "act_embed"))
+        x = dropout(x, self.cfg.dropout_rate, keys[0], self.cfg.dropout_bits)
+        x = constrain(x, ("batch", "length", "act_embed"))
         segments = Segments(segment_ids, segment_mask(segment_ids))  # mask [B, 1, L, L]
         run_block = _rematerialized(self.cfg.remat)
         for index, (layer, key) in enumerate(zip(self.layers, keys[1:], strict=True)):
