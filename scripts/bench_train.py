@@ -47,6 +47,21 @@ def random_batch(config, rows: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
+def compiled_step(config):
+    """``(mesh, compiled train step, fresh state, two random batches, compile seconds)``."""
+    mesh = sharding.make_mesh(config)
+    graphdef, state, shardings = train_state.init_train_state(config, mesh)
+    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
+    local_rows = config.train.global_batch_size // jax.process_count()
+    batches = [
+        sharding.host_batch_to_global(random_batch(config, local_rows, seed), mesh)
+        for seed in range(2)
+    ]
+    started = time.perf_counter()
+    compiled = train_step.lower(state, batches[0]).compile()
+    return mesh, compiled, state, batches, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="config YAML (default: built-in defaults)")
@@ -57,18 +72,7 @@ def main() -> None:
     config = config_lib.load(args.config, args.set)
     steps = max(args.steps, 20)
 
-    mesh = sharding.make_mesh(config)
-    graphdef, state, shardings = train_state.init_train_state(config, mesh)
-    train_step = step_lib.make_train_step(config, mesh, graphdef, shardings)
-    local_rows = config.train.global_batch_size // jax.process_count()
-    batches = [
-        sharding.host_batch_to_global(random_batch(config, local_rows, seed), mesh)
-        for seed in range(2)
-    ]
-
-    started = time.perf_counter()
-    compiled = train_step.lower(state, batches[0]).compile()
-    compile_s = time.perf_counter() - started
+    mesh, compiled, state, batches, compile_s = compiled_step(config)
     if args.hlo_out:
         with open(args.hlo_out, "w") as out:
             out.write(compiled.as_text())

@@ -105,14 +105,19 @@ def make_train_step(
             grads = jax.tree.map(lambda g: g / denom, grads)
             loss, grad_norm = loss_sum / denom, optax.tree.norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+
+            def update(params, opt_state):
+                updates, opt_state = tx.update(grads, opt_state, params)
+                return optax.apply_updates(params, updates), opt_state
+
+            # A branch, not a select over every weight: selecting new-or-old elementwise
+            # reads and writes params and both moments once more each step (6% of a
+            # BERT-base step on a CPU).
+            params, opt_state = jax.lax.cond(
+                finite, update, lambda *kept: kept, state.params, state.opt_state
+            )
             new_state = TrainState(
-                step=state.step + 1,
-                params=keep(params, state.params),
-                opt_state=keep(opt_state, state.opt_state),
-                rng=state.rng,
+                step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng
             )
             metrics = {
                 "train/loss": loss,
