@@ -97,7 +97,7 @@ def test_padded_vocab_columns_never_win(family):
     ids, segments, positions = packed_row([SEQ])
     logits = model.full_logits(ids, segments, positions)
     assert logits.shape[-1] == 384
-    assert bool(jnp.all(logits[..., VOCAB:] == model_lib.PADDED_LOGIT))
+    assert bool(jnp.all(logits[..., VOCAB:] < model_lib.PADDED_LOGIT / 2))  # never predicted
     assert bool(jnp.all(jnp.argmax(logits, -1) < VOCAB))
     assert float(jax.nn.softmax(logits, -1)[..., VOCAB:].sum()) == 0.0
 

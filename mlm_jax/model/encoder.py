@@ -280,9 +280,10 @@ class MLMHead(nnx.Module):
         # step for both, instead of again for the decoder.
         table = constrain(table, ("vocab", None))
         logits = precision.einsum("bpd,vd->bpv", h, table, self.dtype)  # the tied decoder
-        logits = logits + self.decoder_bias[...]
+        # Padding columns get PADDED_LOGIT through the bias vector: a select over the
+        # [B, P, V] logits would cost a pass there and another in the backward.
         real = jnp.arange(logits.shape[-1]) < self.vocab_size
-        return jnp.where(real, logits, PADDED_LOGIT)  # [..., Vpad]
+        return logits + jnp.where(real, self.decoder_bias[...], PADDED_LOGIT)  # [..., Vpad]
 
 
 # ----------------------------------------------------------------------------- encoder

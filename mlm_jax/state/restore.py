@@ -6,6 +6,9 @@ checkpoint needs only the run's config and the mesh to place it on.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
+
+from flax import nnx
 
 from mlm_jax import config as config_lib
 from mlm_jax.errors import UserError
@@ -13,6 +16,14 @@ from mlm_jax.model import sharding
 from mlm_jax.state import checkpoint, train_state
 
 SINGLE_HOST_MESH = ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"]
+
+
+class RestoredParams(NamedTuple):
+    """A checkpoint's parameters and what reads them."""
+
+    config: config_lib.Config
+    graphdef: nnx.GraphDef
+    params: nnx.State
 
 
 # ----------------------------------------------------------------------------- restoring
@@ -28,7 +39,7 @@ def read_config(workdir: str | Path):
 def restore_params(
     workdir: str | Path, step_number: int | None = None, config=None, mesh=None, missing=None
 ):
-    """``(config, graphdef, params)`` of a run's checkpoint (newest, or ``step_number``).
+    """The parameters of a run's checkpoint (newest, or ``step_number``).
 
     ``config`` and ``mesh`` default to the run's own config on this host's devices;
     ``missing`` is the error when the run has no checkpoint.
@@ -38,8 +49,9 @@ def restore_params(
     graphdef, abstract, _ = train_state.abstract_train_state(config, mesh)
     with checkpoint.Checkpointer(workdir, config) as ckpt:
         if step_number is not None:
-            return config, graphdef, ckpt.restore(step_number, abstract).state.params
-        restored = ckpt.restore_latest(abstract)
+            restored = ckpt.restore(step_number, abstract)
+        else:
+            restored = ckpt.restore_latest(abstract)
     if restored is None:
         raise UserError(missing or f"{workdir} has no checkpoint yet; train it first")
-    return config, graphdef, restored.state.params
+    return RestoredParams(config, graphdef, restored.state.params)

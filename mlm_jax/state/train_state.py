@@ -9,7 +9,7 @@ target; the train step (:mod:`mlm_jax.training.step`) maps one state to the next
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -34,10 +34,18 @@ class TrainState:
     rng: jax.Array  # uint32[2] dropout key; per step fold_in(rng, step)
 
 
-def abstract_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-    """``(graphdef, abstract_state, state_shardings)`` of the run's task, allocating nothing.
+class Placed(NamedTuple):
+    """A train state with what goes with it: the model graph and where each leaf lives."""
 
-    ``abstract_state`` holds ``jax.ShapeDtypeStruct``s carrying their shardings: the
+    graphdef: nnx.GraphDef
+    state: TrainState  # arrays, or ShapeDtypeStructs for an abstract state
+    shardings: TrainState  # a NamedSharding per leaf
+
+
+def abstract_train_state(config: Config, mesh: Mesh) -> Placed:
+    """The run's task's abstract state, allocating nothing.
+
+    Its ``state`` holds ``jax.ShapeDtypeStruct``s carrying their shardings: the
     restore target for a checkpoint on this mesh.
     """
     tx, _ = make_optimizer(config)
@@ -58,7 +66,7 @@ def abstract_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, Trai
     with_shardings = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
     )
-    return graphdef, with_shardings, shardings
+    return Placed(graphdef, with_shardings, shardings)
 
 
 def fresh_train_state(config: Config, params: nnx.State) -> TrainState:
@@ -96,8 +104,8 @@ def state_initializer(config: Config, shardings: TrainState) -> Callable[[jax.Ar
     return jax.jit(init, out_shardings=shardings)
 
 
-def init_train_state(config: Config, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-    """``(graphdef, state, state_shardings)``: a fresh state, initialized already sharded."""
+def init_train_state(config: Config, mesh: Mesh) -> Placed:
+    """A fresh state, initialized already sharded."""
     graphdef, _, shardings = abstract_train_state(config, mesh)
     state = state_initializer(config, shardings)(jax.random.key(config.train.seed))
-    return graphdef, state, shardings
+    return Placed(graphdef, state, shardings)

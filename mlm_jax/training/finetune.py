@@ -131,7 +131,7 @@ def _read_eval(config):
 
 
 def _finetune(config, workdir: Path, mesh, tokenizer, checkpointer, batches, eval_examples):
-    restored, state, graphdef, shardings = runs.start(config, mesh, checkpointer)
+    restored, (graphdef, state, shardings) = runs.start(config, mesh, checkpointer)
     first_step = restored.step if restored is not None else 0
     objective = objectives.finetune_objective(config.finetune.loss)
     train_step = step.make_train_step(config, mesh, graphdef, shardings)

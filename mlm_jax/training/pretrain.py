@@ -101,7 +101,7 @@ def run(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: Path, mesh, checkpointer) -> dict:
-    restored, state, graphdef, shardings = runs.start(config, mesh, checkpointer)
+    restored, (graphdef, state, shardings) = runs.start(config, mesh, checkpointer)
     sharding.assert_params_sharded(state.params, mesh)
     data = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
     if restored is not None:

@@ -48,7 +48,7 @@ def initial_params(config, mesh):
         # Its shapes were already checked against this config by check_init_from.
         other = config_lib.load(path / "config.yaml")
         missing = f"model.init_from={path} has no checkpoint; train it first"
-        return restore.restore_params(path, config=other, mesh=mesh, missing=missing)[2]
+        return restore.restore_params(path, config=other, mesh=mesh, missing=missing).params
     from mlm_jax.hf import reader
 
     return reader.load_hf_checkpoint(path, config)
@@ -115,16 +115,16 @@ def fresh_state(config, mesh, shardings) -> train_state.TrainState:
     return train_state.train_state_from_params(config, params, shardings)
 
 
-def start(config, mesh, checkpointer):
-    """``(restored or None, state, graphdef, shardings)`` by the start order."""
+def start(config, mesh, checkpointer) -> tuple[checkpoint.Restored | None, train_state.Placed]:
+    """``(the restored checkpoint or None, the state to train from)`` by the start order."""
     graphdef, abstract, shardings = train_state.abstract_train_state(config, mesh)
     restored = checkpointer.restore_latest(abstract)
     if restored is not None:
         distributed.log(f"resumed from checkpoint step {restored.step}")
-        return restored, restored.state, graphdef, shardings
+        return restored, train_state.Placed(graphdef, restored.state, shardings)
     state = fresh_state(config, mesh, shardings)
     distributed.log(f"initialised from {config.model.init_from or 'scratch'}")
-    return None, state, graphdef, shardings
+    return None, train_state.Placed(graphdef, state, shardings)
 
 
 def execute(
