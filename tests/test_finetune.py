@@ -198,6 +198,30 @@ def test_pair_encoding_keeps_the_query_and_token_types(run_inputs):
     assert rows["input_ids"][1, 1 : 1 + len(whole_query)].tolist() == whole_query
 
 
+def test_a_sentence_pair_training_batch_carries_both_texts(run_inputs, tmp_path):
+    """From the file to the step's rows: each row holds its example's text_a as segment A
+    and its text_b as segment B, with the example's label."""
+    from mlm_jax.data import tokenizer as tokenizer_lib
+
+    tok = tokenizer_lib.load(run_inputs["tokenizer"])
+    pairs = [("the king is dead", "long live the king", 1), ("a horse", "my kingdom", 0),
+             ("fair is foul", "and foul is fair", 1), ("to be", "or not to be", 0)]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(
+        json.dumps({"text_a": a, "text_b": b, "label": y}) + "\n" for a, b, y in pairs
+    ))  # fmt: skip
+    examples = finetune_data.read_classify(path, num_labels=2)
+    encoder = finetune_data.PairEncoder(tok, seq_len=32, max_query_tokens=16)
+    batch = finetune_data.classify_batch(examples, encoder, step=0, batch_size=4, seed=0)
+    by_first = {tuple(tok.encode(a).tolist()): (b, y) for a, b, y in pairs}
+    for ids, types, label in zip(batch["input_ids"], batch["token_type_ids"], batch["labels"],
+                                 strict=True):  # fmt: skip
+        first = ids[1 : np.argmax(ids == tok.sep_id)]
+        text_b, expected = by_first[tuple(first.tolist())]
+        second = ids[(types == 1) & (ids != tok.sep_id)]
+        assert second.tolist() == tok.encode(text_b).tolist() and label == expected
+
+
 def test_packed_rows_give_the_logits_of_one_pair_per_row(run_inputs):
     """Packing is layout only: every pair's logits equal its own row's, bit for bit in fp32."""
     from mlm_jax.config import ModelConfig
