@@ -217,7 +217,13 @@ def _numerics_config(dtype: str, run_inputs):
         "model.vocab_size=640",
         "data.seq_len=64",
         "train.global_batch_size=16",
-        "optim.learning_rate=3e-3",
+        # The main recipe's levers (configs/tiny.yaml) at this width: they learn context
+        # within 300 steps, so "it learned" is a gate far from the unigram floor.
+        "model.family=modern",
+        "model.global_attn_every_n_layers=1",
+        "data.mask_rate=0.3",
+        "optim.schedule=wsd",
+        "optim.learning_rate=5e-3",
         "optim.warmup_steps=20",
         "train.steps=300",
     )
@@ -269,11 +275,12 @@ def _mean_loss_grads(config, params, batch):
 # Stated tolerances. bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per operand),
 # so single products are off by ~0.4%; through a 2-layer model's gradient that grows to a
 # few percent. Over 300 steps the two runs drift apart like two seeds would, not further.
-GRAD_RELATIVE_TOLERANCE = 0.01  # measured: 0.0033
-EVAL_LOSS_TOLERANCE = 1e-3  # nats, at an eval loss near 5 (measured: 1.3e-5)
-# How far under the unigram floor (the best context-free loss) fp32 must end: it ends
-# 0.030 under it after 300 steps (5.1169 against 5.1471), so it uses context.
-UNDER_THE_FLOOR = 0.015
+GRAD_RELATIVE_TOLERANCE = 0.01  # measured: 0.0052
+EVAL_LOSS_TOLERANCE = 0.008  # nats, at an eval loss near 4.9 (measured: 0.0023)
+# How far under the unigram floor (the best context-free loss) both runs must end: fp32
+# ends 0.252 under it after 300 steps (4.8896 against 5.1418), bf16 0.255; an untrained
+# model sits about 1.3 nats above it. Half the measured gain is the gate.
+UNDER_THE_FLOOR = 0.125
 
 
 def measure_numerics(run_inputs, steps: int = 300) -> dict:
@@ -302,6 +309,7 @@ def test_bf16_training_tracks_fp32_on_real_text(run_inputs):
     losses = result["losses"]
     print(f"eval loss after 300 steps: {losses}, unigram floor {result['floor']:.4f}; "
           f"gradients: {result['grad_relative']:.4f}")  # fmt: skip
-    assert losses["float32"] < result["floor"] - UNDER_THE_FLOOR, (losses, result["floor"])
+    for dtype in ("float32", "bfloat16"):
+        assert losses[dtype] < result["floor"] - UNDER_THE_FLOOR, (dtype, losses, result["floor"])
     assert abs(losses["bfloat16"] - losses["float32"]) <= EVAL_LOSS_TOLERANCE, losses
     assert 0.0 < result["grad_relative"] <= GRAD_RELATIVE_TOLERANCE
