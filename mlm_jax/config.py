@@ -106,11 +106,13 @@ class ModelConfig(_Section):
             )
         return self
 
-    def attention_window(self, layer: int) -> int | None:
-        """Tokens seen on either side by ``layer``'s sliding window; None: a global layer."""
+    def attention_window(self, layer: int, length: int | None = None) -> int | None:
+        """Tokens seen on either side by ``layer``'s sliding window; None: a global layer,
+        or, for rows of ``length`` tokens, a window that spans the whole row."""
         if self.family != "modern" or layer % self.global_attn_every_n_layers == 0:
             return None
-        return self.local_attention // 2
+        window = self.local_attention // 2
+        return None if length is not None and window >= length - 1 else window
 
     @property
     def padded_vocab_size(self) -> int:

@@ -88,14 +88,13 @@ def attention(
     """Scaled dot-product attention over ``[B, L, H, Dh]`` inputs, bidirectional.
 
     ``window``: a sliding-window layer's reach, the number of tokens a query sees on
-    either side (ModernBERT's ``local_attention // 2``); None for a global layer. Four
+    either side (ModernBERT's ``local_attention // 2``); None for a global layer and for
+    a window that spans the row (``ModelConfig.attention_window(layer, length)``). Four
     paths compute the same function (the CPU ones tested, splash in Pallas' interpret
     mode; the cuDNN one checked on a GPU by ``scripts/bench_attention.py``), chosen by
     :func:`attention_path`; a window turns each into its local form. Returns float32.
     """
     length = q.shape[1]
-    if window is not None and window >= length - 1:
-        window = None  # the window spans the whole row: a global layer
     path = attention_path(kernel, dtype, dropout_rate if key is not None else 0.0, length)
     if path == "splash":
         from mlm_jax.model import splash

@@ -168,8 +168,8 @@ class ModernBlock(nnx.Module):
         d, i = cfg.hidden_size, cfg.intermediate_size
         self.cfg = cfg
         self.dtype = dtype
-        self.window = cfg.attention_window(index)
-        self.theta = cfg.rope_theta if self.window is None else cfg.local_rope_theta
+        self.index = index
+        self.theta = cfg.rope_theta if cfg.attention_window(index) is None else cfg.local_rope_theta
         norm = dict(eps=cfg.layer_norm_eps, use_bias=cfg.norm_bias, rngs=rngs)
         attn = dict(use_bias=cfg.attention_bias, dtype=dtype, rngs=rngs)
         mlp = dict(use_bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
@@ -200,7 +200,7 @@ class ModernBlock(nnx.Module):
             dropout_bits=cfg.dropout_bits,
             key=attn_key,
             kernel=cfg.attention_kernel,
-            window=self.window,
+            window=cfg.attention_window(self.index, length),
         )
         a = self.Wo(a.reshape(x.shape))
         x = x + dropout(

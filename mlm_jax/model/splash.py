@@ -38,7 +38,7 @@ def _block(length: int) -> int:
 def keys_computed(length: int, window: int | None) -> float:
     """Keys per query the kernel computes, on average: whole blocks of keys, only those a
     sliding window's band touches (all of them for a global layer)."""
-    if window is None or window >= length - 1:
+    if window is None:
         return float(length)
     block = _block(length)
     blocks = length // block

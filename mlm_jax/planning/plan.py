@@ -113,7 +113,9 @@ def _kernel_flops(config, hlo_text: str) -> float:
 
     m, length = config.model, config.data.seq_len
     tokens = config.train.global_batch_size * length
-    keys = sum(splash.keys_computed(length, m.attention_window(n)) for n in range(m.num_layers))
+    keys = sum(
+        splash.keys_computed(length, m.attention_window(n, length)) for n in range(m.num_layers)
+    )
     return 9 * 2 * tokens * keys * m.hidden_size
 
 
