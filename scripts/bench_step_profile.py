@@ -31,42 +31,34 @@ import jax  # noqa: E402
 from bench_train import compiled_step  # noqa: E402  same folder
 
 from mlm_jax import config as config_lib  # noqa: E402
+from mlm_jax.planning import hlo  # noqa: E402
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S.*?\s([\w\-]+)\(")
-_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _TABLE_ROW = re.compile(r"^(\d+) (.*)$")
 _FIELD = re.compile(r"(\w+)=(\d+)")
+_TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 _MATRIX_OPS = {"dot", "convolution"}
 
 
 class Hlo:
-    """The compiled module's instructions, what each fusion contains, and the source
-    location tables XLA prints before the module (file, function and line per frame)."""
+    """The compiled module (:mod:`mlm_jax.planning.hlo` reads its instructions), the
+    opcodes inside each computation, and the source tables XLA prints before the module
+    (file, function and line of every stack frame)."""
 
     def __init__(self, text: str):
-        self.instructions: dict[str, tuple[str, str]] = {}  # name -> (opcode, line)
+        module = hlo.read(text)
+        self.instructions = {i.name: i for i in module.instructions}
         self.bodies = collections.defaultdict(set)  # computation -> opcodes inside
-        self.tables = collections.defaultdict(dict)  # FileNames, ... -> id -> row
-        table, computation = None, None
+        for instruction in module.instructions:
+            self.bodies[instruction.computation].add(instruction.opcode)
+        self.tables = collections.defaultdict(dict)  # table -> id -> row text
+        table = None
         for line in text.splitlines():
             row = _TABLE_ROW.match(line)
             if table and row:
                 self.tables[table][int(row.group(1))] = row.group(2)
-                continue
-            if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
-                table = line
-                continue
-            table = None
-            if line.strip() == "}":
-                computation = None
-            elif (match := _COMPUTATION.match(line)) and "=" not in line.split("{")[0]:
-                computation = match.group(1)
-            elif match := _INSTRUCTION.match(line):
-                self.instructions[match.group(1)] = (match.group(2), line)
-                if computation:
-                    self.bodies[computation].add(match.group(2))
+            else:
+                table = line if line in _TABLES else None
 
     def source(self, line: str) -> str:
         """``file.py:function`` that traced an instruction (the innermost stack frame;
@@ -87,13 +79,13 @@ class Hlo:
 
     def charge(self, name: str) -> str:
         """What an operation's time is charged to: matrix products, or its source."""
-        opcode, line = self.instructions.get(name, ("?", ""))
-        inside = {opcode}
-        if match := _CALLS.search(line):
-            inside |= self.bodies.get(match.group(1), set())
-        if inside & _MATRIX_OPS or (opcode == "custom-call" and "matmul" in line):
+        instruction = self.instructions[name]
+        inside = {instruction.opcode} | self.bodies.get(instruction.called, set())
+        if inside & _MATRIX_OPS or (
+            instruction.opcode == "custom-call" and "matmul" in instruction.rest
+        ):
             return "matrix products"
-        return self.source(line)
+        return self.source(instruction.rest)
 
 
 def operation_times(trace_dir: str, instructions) -> collections.Counter:
@@ -120,7 +112,7 @@ def main() -> None:
     config = config_lib.load(args.config, args.set)
 
     _, compiled, state, batches, _ = compiled_step(config)
-    hlo = Hlo(compiled.as_text())
+    module = Hlo(compiled.as_text())
     for index in range(2):  # warm-up
         state, metrics = compiled(state, batches[index % 2])
     jax.block_until_ready(metrics)
@@ -130,12 +122,12 @@ def main() -> None:
             state, metrics = compiled(state, batches[index % 2])
         jax.block_until_ready(metrics)
         jax.profiler.stop_trace()
-        times = operation_times(trace_dir, hlo.instructions)
+        times = operation_times(trace_dir, module.instructions)
 
     total = sum(times.values()) or 1
     by_source = collections.Counter()
     for name, ns in times.items():
-        by_source[hlo.charge(name)] += ns
+        by_source[module.charge(name)] += ns
     per_step_ms = lambda ns: round(ns / args.steps / 1e6, 2)  # noqa: E731
     print(
         json.dumps(
@@ -153,8 +145,8 @@ def main() -> None:
                 "largest_operations": [
                     {
                         "op": name,
-                        "opcode": hlo.instructions[name][0],
-                        "charged_to": hlo.charge(name),
+                        "opcode": module.instructions[name].opcode,
+                        "charged_to": module.charge(name),
                         "ms": per_step_ms(ns),
                     }
                     for name, ns in times.most_common(args.top)
