@@ -28,22 +28,13 @@ import transformers
 from bench_train import random_batch  # same folder: the same batches as our side
 
 from mlm_jax import config as config_lib
+from mlm_jax.hf import names
 
 
-def peer_model(model_config) -> transformers.BertForMaskedLM:
-    """A randomly initialised BERT of the config's shape, SDPA attention, in train mode."""
-    bert = transformers.BertConfig(
-        vocab_size=model_config.vocab_size,
-        hidden_size=model_config.hidden_size,
-        num_hidden_layers=model_config.num_layers,
-        num_attention_heads=model_config.num_heads,
-        intermediate_size=model_config.intermediate_size,
-        max_position_embeddings=model_config.max_position_embeddings,
-        hidden_dropout_prob=model_config.dropout_rate,
-        attention_probs_dropout_prob=model_config.attention_dropout_rate,
-        layer_norm_eps=model_config.layer_norm_eps,
-        attn_implementation="sdpa",
-    )
+def peer_model(config) -> transformers.BertForMaskedLM:
+    """A randomly initialised BERT of the config's shape and dropout (the mapping our
+    export writes), SDPA attention, in train mode."""
+    bert = transformers.BertConfig(**names.hf_config(config), attn_implementation="sdpa")
     return transformers.BertForMaskedLM(bert).train()
 
 
@@ -81,7 +72,7 @@ def main() -> None:
     bf16 = config.model.dtype == "bfloat16"
 
     torch.manual_seed(config.train.seed)
-    model = peer_model(config.model)
+    model = peer_model(config)
     optim = config.optim
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=optim.learning_rate, betas=(optim.b1, optim.b2), eps=optim.eps,
