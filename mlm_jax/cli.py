@@ -238,6 +238,8 @@ def _cmd_score(args: argparse.Namespace) -> None:
         candidates=args.candidates,
         queries=args.queries,
         top_k=args.top_k,
+        seq_len=args.seq_len,
+        windows=args.windows,
     )
 
 
@@ -245,8 +247,9 @@ def _cmd_search(args: argparse.Namespace) -> None:
     from mlm_jax.inference import search
 
     search.print_search(
-        args.collection, args.model, query=args.query, queries=args.queries, top_k=args.top_k
-    )
+        args.collection, args.model, query=args.query, queries=args.queries, top_k=args.top_k,
+        seq_len=args.seq_len, windows=args.windows,
+    )  # fmt: skip
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -429,6 +432,7 @@ def _run_parsers(commands) -> None:
     score.add_argument("--candidates", help="JSONL with a text/passage field per line")
     score.add_argument("--queries", help="JSONL with query and candidates per line")
     score.add_argument("--top-k", type=int, default=10)
+    _add_passage_args(score)
     score.set_defaults(handler=_cmd_score)
 
     search = commands.add_parser(
@@ -439,12 +443,24 @@ def _run_parsers(commands) -> None:
     search.add_argument("--top-k", type=int, default=20, help="BM25 candidates to re-rank")
     search.add_argument("--queries", help='JSONL of {"query"} lines; prints JSON per query')
     search.add_argument("query", nargs="?", help="one query; prints rank, score, bm25, passage")
+    _add_passage_args(search)
     search.set_defaults(handler=_cmd_search)
 
     report = commands.add_parser("report", help="plot a run's curves into a PNG")
     report.add_argument("--workdir", required=True)
     report.add_argument("--out", help="PNG path (default WORKDIR/report.png)")
     report.set_defaults(handler=_cmd_report)
+
+
+def _add_passage_args(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--seq-len", type=int, help="row length (default: what the model records, else the "
+        "rows it was trained on)",
+    )  # fmt: skip
+    command.add_argument(
+        "--windows", choices=("maxp", "firstp"), help="a passage longer than a row: best of "
+        "half-overlapping windows (maxp) or its opening only (firstp); default: the model's",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -259,6 +259,18 @@ class FinetuneConfig(_Section):
         7, ge=1, description="rerank listwise: negatives scored with each positive"
     )
     max_query_tokens: int = Field(32, ge=1, description="rerank: query tokens kept on truncation")
+    score_seq_len: int | None = Field(
+        None,
+        ge=8,
+        description="score/search: row length when scoring (default: data.seq_len, the rows "
+        "the model was trained on); --seq-len overrides",
+    )
+    score_windows: Literal["maxp", "firstp"] = Field(
+        "maxp",
+        description="score/search: a passage longer than the row's room is cut into "
+        "half-overlapping windows scored by the best (maxp), or read only up to the room "
+        "(firstp, as training rows are); --windows overrides",
+    )
     pack_rows: bool = Field(
         True,
         description="pack short texts several to a row of data.seq_len (segment masks keep "

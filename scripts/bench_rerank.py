@@ -49,11 +49,12 @@ def bi_encoder(path: str, queries):
     ]
 
 
-def reranker(path: str, queries, seq_len: int | None):
-    """Scores as ``mlm-jax score`` computes them, rows cut at ``seq_len`` if given."""
+def reranker(path: str, queries, seq_len: int | None, windows: str | None):
+    """Scores as ``mlm-jax score`` computes them (``seq_len`` and ``windows`` as its
+    options; None: the model's own)."""
     from mlm_jax.inference import scoring
 
-    score = scoring.load_reranker(path, chunk_rows=64, seq_len=seq_len)
+    score = scoring.load_reranker(path, chunk_rows=64, seq_len=seq_len, windows=windows)
     return _split(score([(q.query, p) for q in queries for p in _candidates(q)]), queries)
 
 
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--bi-encoder", help="a sentence-transformers model directory")
     parser.add_argument("--model", action="append", default=[], help="mlm_jax reranker")
     parser.add_argument("--seq-len", type=int, help="rows for --model (default: its training's)")
+    parser.add_argument("--windows", choices=("maxp", "firstp"), help="long passages (--model)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file in args.eval:
@@ -71,13 +73,15 @@ def main() -> None:
         rankers = [("bm25", bm25_index.candidate_scores)]
         if args.bi_encoder:
             rankers.append(("bi-encoder", lambda x: bi_encoder(args.bi_encoder, x)))
-        rankers += [(f"reranker:{m}", lambda x, m=m: reranker(m, x, args.seq_len))
+        rankers += [(f"reranker:{m}", lambda x, m=m: reranker(m, x, args.seq_len, args.windows))
                     for m in args.model]  # fmt: skip
         for name, scores_of in rankers:
             started = time.perf_counter()
             metrics = mean_ranking_metrics(scores_of(lists), relevant)
             print(json.dumps({
                 "eval": eval_file, "ranker": name, "queries": len(lists),
+                **({"seq_len": args.seq_len, "windows": args.windows} if "reranker" in name
+                   else {}),
                 "answer_in_candidates": float(np.mean([r.max() for r in relevant])),
                 **{k: round(v, 4) for k, v in metrics.items()},
                 "seconds": round(time.perf_counter() - started, 1),

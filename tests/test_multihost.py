@@ -91,10 +91,12 @@ def _assert_close(ours: dict[int, float], reference: dict[int, float], steps) ->
 
 @pytest.fixture(scope="module")
 def runs(run_inputs, tmp_path_factory) -> dict[str, Path]:
-    """The same 10 fp32 steps in 1 process x 8 devices and in 2 processes x 4 devices."""
+    """The same 10 fp32 steps in 1 process x 8 devices and in 2 processes x 4 devices,
+    dropout on: its masks are drawn for the global batch, whatever the process count."""
     root = tmp_path_factory.mktemp("multihost")
+    dropout = {"dropout_rate": 0.1, "attention_dropout_rate": 0.1}
     cfg = write_config(
-        root / "run.yaml", run_inputs, model={"dtype": "float32"},
+        root / "run.yaml", run_inputs, model={"dtype": "float32", **dropout},
         train={"steps": STEPS, "log_every": 1, "checkpoint_every": STEPS, "eval_every": 0,
                "eval_batches": 1},
     )  # fmt: skip

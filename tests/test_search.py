@@ -3,6 +3,7 @@ reranker orders them exactly as `mlm-jax score` does on the same candidates; the
 is cached beside the collection; a model that is not a reranker is refused."""
 
 import json
+import shutil
 
 import bm25s
 import pytest
@@ -114,3 +115,84 @@ def test_refusals_are_one_line_and_write_nothing(world, tmp_path, model, extra, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not bm25_index.cache_dir(collection).exists()
+
+
+# ----------------------------------------------------------------------------- long passages
+
+
+def test_windows_cover_every_token_in_overlapping_full_rows():
+    import numpy as np
+
+    from mlm_jax.inference import passage_windows
+
+    ids = np.arange(100)
+    spans = passage_windows.windows(ids, room=30)
+    assert all(len(s) == 30 for s in spans) and spans[0][0] == 0 and spans[-1][-1] == 99
+    assert set(np.concatenate(spans).tolist()) == set(range(100))
+    assert [int(s[0]) for s in spans] == [0, 15, 30, 45, 60, 70]  # half overlaps, end-aligned
+    assert [s.tolist() for s in passage_windows.windows(ids[:30], room=30)] == [list(range(30))]
+
+
+def test_a_long_passage_keeps_the_room_the_row_leaves_it(run_inputs):
+    from mlm_jax.data import finetune_data
+    from mlm_jax.data import tokenizer as tokenizer_lib
+
+    encoder = finetune_data.PairEncoder(tokenizer_lib.load(run_inputs["tokenizer"]), 40, 8)
+    for query in ("whale", "a long query of many words that goes past eight tokens " * 2):
+        (query_ids,) = encoder.token_ids([query])
+        ids, types = encoder.row(query_ids, query_ids.repeat(20))
+        assert sum(types) - 1 == encoder.second_room(query_ids) and len(ids) == 40
+
+
+def _long_passages(world) -> list[str]:
+    """Passages of several glosses each: far longer than the tiny reranker's 64-token rows."""
+    glosses = world["glosses"]
+    return [" ".join(glosses[i : i + 8]) for i in range(0, 80, 8)]
+
+
+def _close(a, b):
+    import numpy as np
+
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_maxp_reads_the_whole_passage_and_firstp_its_opening(world):
+    from mlm_jax.inference import scoring
+
+    maxp = scoring.load_reranker(str(world["reranker"]), windows="maxp")
+    firstp = scoring.load_reranker(str(world["reranker"]), windows="firstp")
+    short = [(_QUERY, g) for g in world["glosses"][:6]]
+    _close(maxp(short), firstp(short))  # a passage that fits is one window
+    long = [(_QUERY, p) for p in _long_passages(world)]
+    other_tail = [(q, p + " " + world["glosses"][-1] * 3) for q, p in long]
+    # The first window is one of MaxP's windows; FirstP never reads past it.
+    assert (maxp(long) >= firstp(long) - 1e-6).all()
+    _close(firstp(other_tail), firstp(long))
+    assert not (abs(maxp(other_tail) - maxp(long)) < 1e-6).all()
+
+
+def test_search_scores_long_passages_as_the_model_records_unless_told(world, tmp_path):
+    import yaml
+
+    collection = _write(tmp_path / "long.jsonl", [{"text": p} for p in _long_passages(world)])
+
+    def search(model, *extra):
+        result = run_cli("search", "--collection", collection, "--model", model,
+                         "--top-k", 4, "--queries", queries, *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["results"]
+
+    queries = _write(tmp_path / "q.jsonl", [{"query": _QUERY}])
+    default, firstp = search(world["reranker"]), search(world["reranker"], "--windows", "firstp")
+    assert default == search(world["reranker"], "--windows", "maxp")  # the run's default
+    assert default != firstp
+    # A run that records firstp (and a shorter row) is scored that way by default.
+    recorded = tmp_path / "recorded"
+    shutil.copytree(world["reranker"], recorded)
+    config = yaml.safe_load((recorded / "config.yaml").read_text())
+    config["finetune"].update(score_windows="firstp", score_seq_len=48)
+    (recorded / "config.yaml").write_text(yaml.safe_dump(config))
+    assert search(recorded) == search(world["reranker"], "--windows", "firstp", "--seq-len", 48)
+    bad = run_cli("search", "--collection", collection, "--model", world["reranker"],
+                  "--seq-len", 4, _QUERY)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--seq-len 4" in bad.stderr

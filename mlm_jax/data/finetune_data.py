@@ -183,11 +183,19 @@ class PairEncoder:
         self.max_query_tokens = max_query_tokens
         self._ids: dict[str, np.ndarray] = {}
 
-    def _token_ids(self, texts: list[str]) -> list[np.ndarray]:
-        new = sorted({t for t in texts if t not in self._ids})
+    def token_ids(self, texts: list) -> list[np.ndarray]:
+        """Token ids of each text, tokenized once per distinct text; an item that is
+        already token ids (a passage window) passes through."""
+        new = sorted({t for t in texts if isinstance(t, str) and t not in self._ids})
         if new:
             self._ids.update(zip(new, self.tokenizer.encode_batch(new), strict=True))
-        return [self._ids[t] for t in texts]
+        return [t if isinstance(t, np.ndarray) else self._ids[t] for t in texts]
+
+    def second_room(self, first: np.ndarray) -> int:
+        """Tokens of a long second text that fit in a row beside ``first``: the query keeps
+        up to ``max_query_tokens`` and the row's three special tokens take theirs."""
+        room = self.seq_len - 3
+        return room - min(len(first), self.max_query_tokens, room - 1)
 
     def row(self, first: np.ndarray, second: np.ndarray | None) -> tuple[list[int], list[int]]:
         """``(input_ids, token_type_ids)`` of one row, truncated to ``seq_len``."""
@@ -197,14 +205,14 @@ class PairEncoder:
             return ids, [0] * len(ids)
         room = self.seq_len - 3
         keep_first = min(len(first), max(self.max_query_tokens, room - len(second)), room - 1)
-        keep_second = min(len(second), room - keep_first)
+        keep_second = min(len(second), room - keep_first)  # second_room(first) when long
         a, b = first[:keep_first].tolist(), second[:keep_second].tolist()
         return [cls, *a, sep, *b, sep], [0] * (len(a) + 2) + [1] * (len(b) + 1)
 
     def _rows(self, pairs: list[tuple[str, str | None]]) -> list[tuple[list[int], list[int]]]:
         """:meth:`row` of each pair, token ids looked up in one batch per side."""
-        firsts = self._token_ids([a for a, _ in pairs])
-        seconds = iter(self._token_ids([b for _, b in pairs if b is not None]))
+        firsts = self.token_ids([a for a, _ in pairs])
+        seconds = iter(self.token_ids([b for _, b in pairs if b is not None]))
         return [self.row(first, next(seconds) if b is not None else None)
                 for (_, b), first in zip(pairs, firsts, strict=True)]  # fmt: skip
 

@@ -10,16 +10,20 @@ import numpy as np
 
 from mlm_jax.data import finetune_data as data_lib
 from mlm_jax.errors import UserError
-from mlm_jax.inference import loading
+from mlm_jax.inference import loading, passage_windows
 from mlm_jax.model import sharding
 from mlm_jax.model.cross_encoder import num_outputs
 from mlm_jax.model.pair_scorer import Scorer
 
 
-def load_reranker(path: str, chunk_rows: int = 32, seq_len: int | None = None):
+def load_reranker(
+    path: str, chunk_rows: int = 32, seq_len: int | None = None, windows: str | None = None
+):
     """``score(pairs) -> [N] logits`` of the reranker at ``path``; refuses other models.
 
-    ``seq_len`` cuts rows shorter than the training length: short pairs then cost less.
+    Rows are ``seq_len`` long (default: the run's ``finetune.score_seq_len``, else the
+    rows it trained on); a passage longer than a row's room is scored as ``windows`` says
+    (default: the run's ``finetune.score_windows``; see :mod:`passage_windows`).
     """
     directory = Path(path)
     if not any((directory / name).is_file() for name in ("mlm_jax.json", "config.yaml")):
@@ -33,19 +37,42 @@ def load_reranker(path: str, chunk_rows: int = 32, seq_len: int | None = None):
     if num_outputs(config) != 1:
         raise UserError(f"{path} is a {config.finetune.num_labels}-class classifier; score ranks "
                         "with a reranker (finetune.task: rerank)")  # fmt: skip
-    config.data.seq_len = seq_len or config.data.seq_len
+    config.data.seq_len = _row_length(path, config, seq_len)
+    windows = windows or config.finetune.score_windows
+    if windows not in passage_windows.MODES:
+        raise UserError(f"--windows {windows!r}: pick one of {', '.join(passage_windows.MODES)}")
     mesh = sharding.make_mesh(config)
     param_shardings = jax.tree.map(lambda x: x.sharding, model.params)
     scorer = Scorer(config, mesh, model.graphdef, param_shardings, model.tokenizer, chunk_rows)
-    return lambda pairs: scorer(model.params, pairs)[:, 0]
+    score_rows = lambda pairs: scorer(model.params, pairs)[:, 0]  # noqa: E731
+    if windows == "firstp":
+        return score_rows
+    return lambda pairs: passage_windows.best_window_scores(scorer.encoder, score_rows, pairs)
 
 
-def score_pairs(path: str, pairs: list[tuple[str, str]], chunk_rows: int = 32) -> np.ndarray:
+def _row_length(path: str, config, seq_len: int | None) -> int:
+    """The scoring row length: ``--seq-len``, else the run's recorded one, else training's."""
+    length = seq_len or config.finetune.score_seq_len or config.data.seq_len
+    limit = config.model.max_position_embeddings
+    if not 8 <= length <= limit:
+        raise UserError(
+            f"--seq-len {length} does not fit {path}: its rows can be 8 to {limit} tokens "
+            "(model.max_position_embeddings)"
+        )
+    return length
+
+
+def score_pairs(
+    path: str, pairs: list[tuple[str, str]], chunk_rows: int = 32, seq_len=None, windows=None
+) -> np.ndarray:
     """Relevance scores (logits) of ``(query, passage)`` pairs under the model at ``path``."""
-    return load_reranker(path, chunk_rows)(pairs)
+    return load_reranker(path, chunk_rows, seq_len, windows)(pairs)
 
 
-def print_scores(model: str, query=None, candidates=None, queries=None, top_k: int = 10):
+def print_scores(
+    model: str, query=None, candidates=None, queries=None, top_k: int = 10, seq_len=None,
+    windows=None,
+):  # fmt: skip
     """``mlm-jax score``: candidates sorted by score, for one query or a JSONL of queries.
 
     One query prints ``rank<TAB>score<TAB>text`` lines; ``--queries`` prints one JSON
@@ -60,7 +87,7 @@ def print_scores(model: str, query=None, candidates=None, queries=None, top_k: i
     else:
         jobs = data_lib.read_scoring_queries(queries)
     pairs = [(q, text) for q, texts in jobs for text in texts]
-    scores = score_pairs(model, pairs)
+    scores = score_pairs(model, pairs, seq_len=seq_len, windows=windows)
     results, start = [], 0
     for q, texts in jobs:
         mine = scores[start : start + len(texts)]

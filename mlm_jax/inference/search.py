@@ -55,7 +55,9 @@ def read_queries(path: str | Path) -> list[str]:
     return queries
 
 
-def search(collection: str, model: str, queries: list[str], top_k: int = 20) -> list[dict]:
+def search(
+    collection: str, model: str, queries: list[str], top_k: int = 20, seq_len=None, windows=None
+) -> list[dict]:
     """Per query ``{"query", "results": [{"rank", "score", "bm25", "text"}, ...]}``."""
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
@@ -63,7 +65,7 @@ def search(collection: str, model: str, queries: list[str], top_k: int = 20) -> 
     from mlm_jax.inference import scoring
 
     # The model is checked before the index is built: a wrong --model writes nothing.
-    rerank = scoring.load_reranker(model)
+    rerank = scoring.load_reranker(model, seq_len=seq_len, windows=windows)
     index = bm25_index.cached(collection, passages)
     candidates, bm25 = index.top_k(queries, top_k)
     scores = rerank([(q, passages[i]) for q, row in zip(queries, candidates, strict=True)
@@ -81,13 +83,14 @@ def search(collection: str, model: str, queries: list[str], top_k: int = 20) -> 
 
 
 def print_search(collection: str, model: str, query: str | None = None,
-                 queries: str | None = None, top_k: int = 20) -> list[dict]:  # fmt: skip
+                 queries: str | None = None, top_k: int = 20, seq_len=None,
+                 windows=None) -> list[dict]:  # fmt: skip
     """``mlm-jax search``: one query prints a header then ``rank, score, bm25, passage``
     lines (tab-separated); ``--queries`` prints one JSON object per query."""
     if (query is None) == (queries is None):
         raise UserError('pass one query ("text") or --queries F.jsonl, not both')
     texts = [query] if queries is None else read_queries(queries)
-    results = search(collection, model, texts, top_k)
+    results = search(collection, model, texts, top_k, seq_len, windows)
     if queries is not None:
         for result in results:
             print(json.dumps(result, ensure_ascii=False))
