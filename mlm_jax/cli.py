@@ -453,12 +453,14 @@ def _run_parsers(commands) -> None:
 
 
 def _add_passage_args(command: argparse.ArgumentParser) -> None:
+    from mlm_jax.inference.passage_windows import MODES  # numpy only: cheap at start-up
+
     command.add_argument(
         "--seq-len", type=int, help="row length (default: what the model records, else the "
         "rows it was trained on)",
     )  # fmt: skip
     command.add_argument(
-        "--windows", choices=("maxp", "firstp"), help="a passage longer than a row: best of "
+        "--windows", choices=MODES, help="a passage longer than a row: best of "
         "half-overlapping windows (maxp) or its opening only (firstp); default: the model's",
     )  # fmt: skip
 
