@@ -116,6 +116,7 @@ def _cmd_data_relevance(args: argparse.Namespace) -> None:
             out=args.out,
             eval_queries=args.eval_queries,
             train_queries=args.train_queries,
+            dev_queries=args.dev_queries or 0,
             negatives=args.negatives,
             candidates=20 if args.candidates is None else args.candidates,
             seed=args.seed,
@@ -126,6 +127,8 @@ def _cmd_data_relevance(args: argparse.Namespace) -> None:
 
     if args.candidates is not None:
         raise UserError("--candidates is for --pairs sets; WordNet sets use --negatives")
+    if args.dev_queries is not None:
+        raise UserError("--dev-queries is for --pairs sets; build the pairs with `data pairs`")
     relevance_sets.build(
         args.source or "wordnet",
         out=args.out,
@@ -248,8 +251,16 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
     search.print_search(
         args.collection, args.model, query=args.query, queries=args.queries, top_k=args.top_k,
-        seq_len=args.seq_len, windows=args.windows,
+        seq_len=args.seq_len, windows=args.windows, fusion=not args.no_fusion,
     )  # fmt: skip
+
+
+def _cmd_fuse(args: argparse.Namespace) -> None:
+    import json
+
+    from mlm_jax.inference import fusion
+
+    print(json.dumps(fusion.fit(args.model, args.dev)))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -336,6 +347,11 @@ def _data_parser(commands) -> None:
         "--train-queries", type=int, help="default: 6000 (wordnet), every query left (--pairs)"
     )
     relevance.add_argument("--eval-queries", type=int, default=300)
+    relevance.add_argument(
+        "--dev-queries", type=int,
+        help="--pairs: also write dev.jsonl, candidate lists of N more untrained queries "
+        "(what `mlm-jax fuse` fits on)",
+    )  # fmt: skip
     relevance.add_argument("--negatives", type=int, default=7, help="negatives per query")
     relevance.add_argument(
         "--candidates", type=int, help="--pairs: BM25 candidates per held-out query (default 20)"
@@ -353,7 +369,9 @@ def _data_parser(commands) -> None:
         "--source",
         required=True,
         help="wordnet, wordnet-usage (WordNet 3.0), pydocs (the standard library's "
-        "docstrings), gcide, gcide-usage (Webster's 1913, apt-get install dict-gcide)",
+        "docstrings), gcide, gcide-usage (Webster's 1913, apt-get install dict-gcide), "
+        "manpages (apt-get install manpages manpages-dev), debian (package descriptions: "
+        "apt-get update -o Acquire::Languages=en), wikipedia (pip install --no-deps gensim)",
     )
     pairs.add_argument("--out", required=True, help="the pairs JSONL to write")
     pairs.set_defaults(handler=_cmd_data_pairs)
@@ -361,7 +379,11 @@ def _data_parser(commands) -> None:
         "teacher", help="add a bi-encoder's (and BM25's) scores to a reranking training file"
     )
     teacher.add_argument("--bi-encoder", required=True, help="a sentence-transformers directory")
-    teacher.add_argument("--train", required=True, help="train.jsonl of `data relevance`")
+    teacher.add_argument(
+        "--train", required=True, nargs="+",
+        help="train.jsonl of `data relevance`; several make one mixed file (cap each set's "
+        "share with `data relevance --train-queries`)",
+    )  # fmt: skip
     teacher.add_argument("--out", required=True, help="the same lines with teacher scores")
     teacher.add_argument(
         "--bm25-weight", type=float, default=0.0,
@@ -443,8 +465,23 @@ def _run_parsers(commands) -> None:
     search.add_argument("--top-k", type=int, default=20, help="BM25 candidates to re-rank")
     search.add_argument("--queries", help='JSONL of {"query"} lines; prints JSON per query')
     search.add_argument("query", nargs="?", help="one query; prints rank, score, bm25, passage")
+    search.add_argument(
+        "--no-fusion", action="store_true",
+        help="order by the reranker alone, ignoring the BM25 weight the model carries",
+    )  # fmt: skip
     _add_passage_args(search)
     search.set_defaults(handler=_cmd_search)
+
+    fuse = commands.add_parser(
+        "fuse", help="fit the weight of BM25 in a reranker's order on dev candidate lists; "
+        "stored with the model (bm25_fusion.json), applied by search",
+    )  # fmt: skip
+    fuse.add_argument("--model", required=True, help="a fine-tuned reranker run or export")
+    fuse.add_argument(
+        "--dev", required=True, nargs="+",
+        help="dev.jsonl of `data relevance --dev-queries`, from the model's training sets",
+    )  # fmt: skip
+    fuse.set_defaults(handler=_cmd_fuse)
 
     report = commands.add_parser("report", help="plot a run's curves into a PNG")
     report.add_argument("--workdir", required=True)

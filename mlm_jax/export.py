@@ -24,6 +24,7 @@ from mlm_jax.data import finetune_data
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.hf import names, writer
 from mlm_jax.inference import loading
+from mlm_jax.inference.fusion import FILE as fusion_file
 from mlm_jax.model import sharding
 from mlm_jax.model.encoder import abstract_encoder
 from mlm_jax.model.pair_scorer import Scorer
@@ -64,13 +65,20 @@ def export_run(
     tensors, hf_config = names.exported(config, host_params)
     if jax.process_index() == 0:
         manifest = manifest_lib.read(workdir)
-        writer.write_directory(out, config, tensors, hf_config, manifest, force=force)
+        writer.write_directory(out, config, tensors, hf_config, manifest, force=force,
+                               extra=_beside_model(workdir))  # fmt: skip
         which = "the newest checkpoint" if step is None else f"step {step}"
         distributed.log(f"wrote {out} ({hf_config['architectures'][0]}, {which})")
         if verify:
             print(_VERIFY[task_of(config).export_kind](out, config, host_params))
     distributed.barrier("mlm_jax_export")
     return out
+
+
+def _beside_model(workdir) -> dict[str, bytes]:
+    """Files a run keeps next to its checkpoints that travel with its export."""
+    fitted = Path(workdir) / fusion_file
+    return {fusion_file: fitted.read_bytes()} if fitted.is_file() else {}
 
 
 def write_pretrained(config: Config, params: nnx.State, out, manifest=None, force=False) -> Path:

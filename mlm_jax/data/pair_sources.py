@@ -12,6 +12,12 @@ Sources (no download; see docs/benchmarks.md):
   (Webster's 1913), passage its first definition; entries taken from WordNet are skipped,
   so the text is Webster's own. Needs Debian's ``dict-gcide`` (``apt-get install
   dict-gcide``; read from ``/usr/share/dictd``).
+- ``manpages``: query what a Linux manual page's NAME line says it does, passage its
+  DESCRIPTION (``mlm_jax.data.manpage_pairs``).
+- ``debian``: query a Debian package's short description, passage its long one
+  (``mlm_jax.data.debian_pairs``).
+- ``wikipedia``: query an article's title or "title: section", passage that part's first
+  paragraph, from the sample inside gensim (``mlm_jax.data.wikipedia_pairs``).
 
     mlm-jax data pairs --source pydocs --out runs/pairs/pydocs.jsonl
 """
@@ -28,6 +34,9 @@ from pathlib import Path
 
 from mlm_jax import artifacts
 from mlm_jax.data import builtin_corpora, wordnet
+from mlm_jax.data.debian_pairs import debian_pairs
+from mlm_jax.data.manpage_pairs import manpage_pairs
+from mlm_jax.data.wikipedia_pairs import wikipedia_pairs
 from mlm_jax.errors import UserError
 
 _QUOTED = re.compile(r'"[^"]*"')
@@ -176,6 +185,9 @@ SOURCES = {
     "pydocs": pydocs_pairs,
     "gcide": gcide_pairs,
     "gcide-usage": gcide_usage_pairs,
+    "manpages": manpage_pairs,
+    "debian": debian_pairs,
+    "wikipedia": wikipedia_pairs,
 }
 
 

@@ -11,6 +11,9 @@ held-out query never occurs in training.
   passage irrelevant that evaluation counts as the answer). Further relevant passages of
   the same query follow as ``{"query", "passage", "label": 1}`` lines. Every line carries
   the BM25 score of its passages (``"bm25"``, positive first), for a teacher to use.
+- Development (``dev.jsonl``, with ``--dev-queries N``): N more queries kept out of
+  training, as candidate lists like the held-out ones; what ``mlm-jax fuse`` fits its
+  BM25 weight on, so the held-out queries stay unseen by every choice made.
 - Held-out (``eval.jsonl``): each query's BM25 top-``candidates`` over the collection, in
   BM25 order, one ``{"query", "passage", "label", "bm25"}`` line per candidate. This is
   the real re-ranking setting: when BM25 missed a query's answer, no candidate is
@@ -76,28 +79,35 @@ def _pair(record, where: str) -> tuple[str, str]:
 
 
 def split_queries(
-    queries: list[str], eval_queries: int, train_queries: int | None, seed: int
-) -> tuple[list[str], list[str]]:
-    """``(train, held_out)`` query lists, disjoint, each in file order."""
-    if eval_queries >= len(queries):
+    queries: list[str],
+    eval_queries: int,
+    train_queries: int | None,
+    seed: int,
+    dev_queries: int = 0,
+) -> tuple[list[str], list[str], list[str]]:
+    """``(train, dev, held_out)`` query lists, disjoint, each in file order. The held-out
+    queries are drawn first, so adding a dev split leaves them as they were."""
+    if eval_queries + dev_queries >= len(queries):
         raise UserError(
-            f"--eval-queries {eval_queries} leaves no training query: the pairs file has "
-            f"{len(queries)} distinct queries; lower --eval-queries"
+            f"--eval-queries {eval_queries} and --dev-queries {dev_queries} leave no training "
+            f"query: the pairs file has {len(queries)} distinct queries; lower them"
         )
     rng = random.Random(seed)
     held = set(rng.sample(queries, eval_queries))
     train = [q for q in queries if q not in held]
+    dev = set(random.Random(f"dev-{seed}").sample(train, dev_queries))
+    train = [q for q in train if q not in dev]
     if train_queries is not None and train_queries < len(train):
         kept = set(rng.sample(train, train_queries))
         train = [q for q in train if q in kept]
-    return train, [q for q in queries if q in held]
+    return train, [q for q in queries if q in dev], [q for q in queries if q in held]
 
 
 def _training_records(pairs: Pairs, index: Bm25Index, train: list[str], held: list[str],
                       negatives: int) -> list[dict]:  # fmt: skip
     """A line per training query: its first positive, BM25's hardest negatives, and the BM25
     score of each (``mlm-jax data teacher --bm25-weight`` mixes them into a teacher)."""
-    excluded = {i for q in held for i in pairs.relevant[q]}
+    excluded = {i for q in held for i in pairs.relevant[q]}  # held: every query not trained on
     records = []
     for query, words in zip(train, tokenize(train), strict=True):
         own = pairs.relevant[query]
@@ -140,12 +150,15 @@ def build(
     out: str,
     eval_queries: int = 300,
     train_queries: int | None = None,
+    dev_queries: int = 0,
     negatives: int = 7,
     candidates: int = 20,
     seed: int = 0,
     force: bool = False,
 ) -> dict:
     """Write ``train.jsonl``, ``eval.jsonl`` and ``meta.json`` under ``out``; return the meta."""
+    if dev_queries < 0:
+        raise UserError(f"--dev-queries must be at least 0, got {dev_queries}")
     counts = {"--eval-queries": eval_queries, "--negatives": negatives,
               "--candidates": candidates, "--train-queries": train_queries or 1}  # fmt: skip
     for name, value in counts.items():
@@ -154,10 +167,13 @@ def build(
     if Path(out).exists() and not force:
         raise UserError(f"{out} already exists; pass --force to replace it or choose another --out")
     pairs = read_pairs(pairs_file)
-    train, held = split_queries(pairs.queries, eval_queries, train_queries, seed)
+    train, dev, held = split_queries(pairs.queries, eval_queries, train_queries, seed, dev_queries)
     index = Bm25Index.build(pairs.passages)
-    train_rows = _training_records(pairs, index, train, held, negatives)
+    train_rows = _training_records(pairs, index, train, dev + held, negatives)
     eval_rows, recall = _held_out_records(pairs, index, held, candidates)
+    splits = {"train": train_rows, "eval": eval_rows}
+    if dev:
+        splits["dev"] = _held_out_records(pairs, index, dev, candidates)[0]
     meta = {
         "source": "pairs",
         "pairs_file": str(pairs_file),
@@ -166,10 +182,10 @@ def build(
         "negatives": negatives,
         "candidates": candidates,
         "passages": len(pairs.passages),
-        "queries": {"train": len(train), "eval": len(held)},
+        "queries": {"train": len(train), "dev": len(dev), "eval": len(held)},
         f"bm25_recall@{candidates}": round(recall, 6),
     }
-    artifacts.write_jsonl_directory(out, {"train": train_rows, "eval": eval_rows}, meta)
+    artifacts.write_jsonl_directory(out, splits, meta)
     print(
         f"relevance set {out}: {len(train)} train queries with {negatives} BM25 negatives, "
         f"{len(held)} held-out queries with BM25's top {candidates} of {len(pairs.passages)} "

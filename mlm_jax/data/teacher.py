@@ -97,18 +97,29 @@ def _bi_encoder(path: str | Path):
     return SentenceTransformer(str(path), device="cpu")
 
 
-def write(bi_encoder: str | Path, train: str | Path, out: str | Path, bm25_weight: float) -> dict:
-    """``out``: the lines of ``train`` with the bi-encoder's (and BM25's) teacher scores."""
-    if bm25_weight < 0:
-        raise UserError(f"--bm25-weight {bm25_weight} must be at least 0 (0: the bi-encoder alone)")
-    records = list(
-        artifacts.read_jsonl(
-            train,
+def _read(train: list[str | Path]) -> list[tuple[str, dict]]:
+    """The lines of every training file, one after another (a mixture: the fine-tuning run
+    draws its batches in a fresh random order each epoch)."""
+    return [
+        line
+        for path in train
+        for line in artifacts.read_jsonl(
+            path,
             option="--train",
             missing="pass the train.jsonl of `mlm-jax data relevance`",
             expected="one JSON object per line",
         )
-    )
+    ]
+
+
+def write(
+    bi_encoder: str | Path, train: str | Path | list, out: str | Path, bm25_weight: float
+) -> dict:
+    """``out``: the lines of ``train`` (one file or several) with the bi-encoder's (and
+    BM25's) teacher scores."""
+    if bm25_weight < 0:
+        raise UserError(f"--bm25-weight {bm25_weight} must be at least 0 (0: the bi-encoder alone)")
+    records = _read(train if isinstance(train, list) else [train])
     _check(records, bm25_weight)
     model = _bi_encoder(bi_encoder)
     texts = sorted({t for _, r in records for t in [r["query"], *_passages(r)]})
@@ -120,4 +131,5 @@ def write(bi_encoder: str | Path, train: str | Path, out: str | Path, bm25_weigh
         scores = [round(x, 6) for x in _teacher(record, scores, bm25_weight)]
         lines.append({**record, "teacher": scores[0] if "passage" in record else scores})
     artifacts.write_jsonl(out, lines)
-    return {"out": str(out), "lines": len(lines), "texts": len(texts)}
+    return {"out": str(out), "files": len(train) if isinstance(train, list) else 1,
+            "lines": len(lines), "texts": len(texts)}  # fmt: skip

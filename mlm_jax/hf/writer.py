@@ -49,8 +49,10 @@ def write_directory(
     hf_config: dict,
     manifest: dict | None = None,
     force: bool = False,
+    extra: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write ``tensors`` with ``hf_config`` as ``config.json``, the tokenizer and our record."""
+    """Write ``tensors`` with ``hf_config`` as ``config.json``, the tokenizer, our record
+    and ``extra`` files (name -> bytes)."""
     from safetensors.numpy import save_file
 
     out = Path(out)
@@ -62,6 +64,7 @@ def write_directory(
     files["mlm_jax.json"] = artifacts.json_bytes(
         {"config": config.model_dump(mode="json"), "manifest": manifest}
     )
+    files.update(extra or {})
     with artifacts.staged_directory(out) as staging:
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         for name, data in files.items():

@@ -3,7 +3,9 @@
 The two-stage job rerankers exist for. BM25 (:mod:`mlm_jax.data.bm25_index`, cached beside
 the collection) picks each query's ``top_k`` candidates from the whole collection; the
 reranker scores every (query, candidate) pair exactly as ``mlm-jax score`` would and
-orders them by that score, BM25's order breaking ties.
+orders them by that score, BM25's order breaking ties. A model that carries a fitted BM25
+weight (``mlm-jax fuse``, :mod:`mlm_jax.inference.fusion`) is ordered by the fused score
+instead, unless ``fusion=False``.
 
 Collection: JSONL, one passage per line, as ``{"text": ...}``, ``{"passage": ...}`` or a
 JSON string. Queries file: JSONL, ``{"query": ...}`` or a JSON string per line.
@@ -19,6 +21,7 @@ import numpy as np
 from mlm_jax import artifacts
 from mlm_jax.data import bm25_index
 from mlm_jax.errors import UserError
+from mlm_jax.inference import fusion as fusion_lib
 
 
 def _json_lines(path: str | Path, option: str, expected: str):
@@ -56,9 +59,11 @@ def read_queries(path: str | Path) -> list[str]:
 
 
 def search(
-    collection: str, model: str, queries: list[str], top_k: int = 20, seq_len=None, windows=None
-) -> list[dict]:
-    """Per query ``{"query", "results": [{"rank", "score", "bm25", "text"}, ...]}``."""
+    collection: str, model: str, queries: list[str], top_k: int = 20, seq_len=None, windows=None,
+    fusion: bool = True,
+) -> list[dict]:  # fmt: skip
+    """Per query ``{"query", "results": [{"rank", "score", "reranker", "bm25", "text"}, ...]}``;
+    ``score`` is the fused score when the model has a BM25 weight, else the reranker's."""
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
     passages = read_collection(collection)
@@ -66,6 +71,7 @@ def search(
 
     # The model is checked before the index is built: a wrong --model writes nothing.
     rerank = scoring.load_reranker(model, seq_len=seq_len, windows=windows)
+    weight = fusion_lib.read(model) if fusion else None
     index = bm25_index.cached(collection, passages)
     candidates, bm25 = index.top_k(queries, top_k)
     scores = rerank([(q, passages[i]) for q, row in zip(queries, candidates, strict=True)
@@ -73,10 +79,11 @@ def search(
     results = []
     for row, (query, ids, first_stage) in enumerate(zip(queries, candidates, bm25, strict=True)):
         mine = scores[row * len(ids) : (row + 1) * len(ids)]
-        order = np.argsort(-mine, kind="stable")  # stable: BM25's order among equal scores
+        final = mine if weight is None else fusion_lib.fused(mine, first_stage, weight)
+        order = np.argsort(-final, kind="stable")  # stable: BM25's order among equal scores
         results.append({"query": query, "results": [
-            {"rank": r + 1, "score": float(mine[i]), "bm25": float(first_stage[i]),
-             "text": passages[ids[i]]}
+            {"rank": r + 1, "score": float(final[i]), "reranker": float(mine[i]),
+             "bm25": float(first_stage[i]), "text": passages[ids[i]]}
             for r, i in enumerate(order)
         ]})  # fmt: skip
     return results
@@ -84,13 +91,13 @@ def search(
 
 def print_search(collection: str, model: str, query: str | None = None,
                  queries: str | None = None, top_k: int = 20, seq_len=None,
-                 windows=None) -> list[dict]:  # fmt: skip
+                 windows=None, fusion: bool = True) -> list[dict]:  # fmt: skip
     """``mlm-jax search``: one query prints a header then ``rank, score, bm25, passage``
     lines (tab-separated); ``--queries`` prints one JSON object per query."""
     if (query is None) == (queries is None):
         raise UserError('pass one query ("text") or --queries F.jsonl, not both')
     texts = [query] if queries is None else read_queries(queries)
-    results = search(collection, model, texts, top_k, seq_len, windows)
+    results = search(collection, model, texts, top_k, seq_len, windows, fusion)
     if queries is not None:
         for result in results:
             print(json.dumps(result, ensure_ascii=False))
