@@ -31,9 +31,10 @@ _NAMED = {"aq": "'", "em": "-", "en": "-", "lq": '"', "rq": '"', "oq": "'", "cq"
           "bu": "*", "co": "(c)", "mu": "x", "ga": "`", "ti": "~", "ha": "^"}  # fmt: skip
 _CHARACTER = re.compile(r"\\(\((..)|\[([^\]]*)\])")
 # Requests that only lay out the page; their arguments are not prose.
-_LAYOUT = set(
-    "PP LP P TP RS RE sp br nf fi in ti HP ne ad na hy nh ft ps ll TQ EX EE UE ME".split()
-)
+_LAYOUT = {
+    "PP", "LP", "P", "TP", "TQ", "RS", "RE", "HP", "sp", "br", "nf", "fi", "in", "ti",
+    "ne", "ad", "na", "hy", "nh", "ft", "ps", "ll", "EX", "EE", "UE", "ME",
+}  # fmt: skip
 
 
 def unescape(text: str) -> str:
