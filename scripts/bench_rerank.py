@@ -8,7 +8,10 @@ query's BM25 top-k over the collection, with BM25's scores) and prints one JSON 
         --bi-encoder PATH/TO/all-MiniLM-L6-v2 --model runs/rerank-minilm
 
 ``--bi-encoder`` scores a candidate by the cosine of sentence-transformers embeddings;
-``--model`` (repeatable) is a fine-tuned run or export, scored as ``mlm-jax score`` does.
+``--model`` (repeatable) is a fine-tuned run or export, scored as ``mlm-jax score`` does,
+and, when it carries a BM25 weight (``mlm-jax fuse``), also fused as ``mlm-jax search``
+orders (ranker ``fused:MODEL``). ``--mean FILE`` reads such JSON lines back and prints each
+ranker's mean over the sets (the leave-one-domain-out table of ``scripts/bench_lodo.sh``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 import numpy as np
 
 from mlm_jax.data import bm25_index, finetune_data
+from mlm_jax.inference import fusion
 from mlm_jax.inference.ranking_metrics import mean_ranking_metrics
 
 # Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
@@ -58,30 +62,77 @@ def reranker(path: str, queries, seq_len: int | None, windows: str | None):
     return _split(score([(q.query, p) for q in queries for p in _candidates(q)]), queries)
 
 
+def _rankers(args):
+    """``(name, scores_of(queries))`` per ranker, in the order they are printed."""
+    yield "bm25", bm25_index.candidate_scores
+    if args.bi_encoder:
+        yield "bi-encoder", lambda queries: bi_encoder(args.bi_encoder, queries)
+    for model in args.model:
+        kept = {}  # the reranker's scores, which its fused row reuses
+
+        def alone(queries, model=model, kept=kept):
+            kept["scores"] = reranker(model, queries, args.seq_len, args.windows)
+            return kept["scores"]
+
+        def fused(queries, weight=fusion.read(model), kept=kept):
+            bm25 = bm25_index.candidate_scores(queries)
+            return [fusion.fused(r, b, weight) for r, b in zip(kept["scores"], bm25, strict=True)]
+
+        yield f"reranker:{model}", alone
+        if fusion.read(model) is not None:
+            yield f"fused:{model}", fused
+
+
+def _ranker_kind(name: str) -> str:
+    return name.split(":", 1)[0]
+
+
+def print_means(path: str) -> None:
+    """One JSON line per ranker kind: its mean over the sets of ``path``'s lines."""
+    with open(path, encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle if line.strip()]
+    kinds = dict.fromkeys(_ranker_kind(line["ranker"]) for line in lines)
+    for kind in kinds:
+        mine = [line for line in lines if _ranker_kind(line["ranker"]) == kind]
+        keys = [k for k in mine[0] if k.startswith(("mrr", "ndcg", "recall"))]
+        print(
+            json.dumps(
+                {
+                    "ranker": kind,
+                    "sets": len(mine),
+                    **{
+                        f"mean_{k}": round(float(np.mean([line[k] for line in mine])), 4)
+                        for k in keys
+                    },
+                }
+            )
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--eval", nargs="+", required=True, help="eval.jsonl of --pairs sets")
+    parser.add_argument("--eval", nargs="+", help="eval.jsonl of --pairs sets")
+    parser.add_argument("--mean", help="JSON lines of this script: print each ranker's mean")
     parser.add_argument("--bi-encoder", help="a sentence-transformers model directory")
     parser.add_argument("--model", action="append", default=[], help="mlm_jax reranker")
     parser.add_argument("--seq-len", type=int, help="rows for --model (default: its training's)")
     parser.add_argument("--windows", choices=("maxp", "firstp"), help="long passages (--model)")
     args = parser.parse_args()
+    if args.mean:
+        return print_means(args.mean)
+    if not args.eval:
+        parser.error("pass --eval FILE... (or --mean FILE)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file in args.eval:
         lists = finetune_data.read_rerank(eval_file, evaluation=True)
         relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
-        rankers = [("bm25", bm25_index.candidate_scores)]
-        if args.bi_encoder:
-            rankers.append(("bi-encoder", lambda x: bi_encoder(args.bi_encoder, x)))
-        rankers += [(f"reranker:{m}", lambda x, m=m: reranker(m, x, args.seq_len, args.windows))
-                    for m in args.model]  # fmt: skip
-        for name, scores_of in rankers:
+        for name, scores_of in _rankers(args):
             started = time.perf_counter()
             metrics = mean_ranking_metrics(scores_of(lists), relevant)
             print(json.dumps({
                 "eval": eval_file, "ranker": name, "queries": len(lists),
-                **({"seq_len": args.seq_len, "windows": args.windows} if "reranker" in name
-                   else {}),
+                **({"seq_len": args.seq_len, "windows": args.windows}
+                   if name.startswith(("reranker", "fused")) else {}),
                 "answer_in_candidates": float(np.mean([r.max() for r in relevant])),
                 **{k: round(v, 4) for k, v in metrics.items()},
                 "seconds": round(time.perf_counter() - started, 1),

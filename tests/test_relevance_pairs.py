@@ -77,13 +77,34 @@ def test_split_by_query_and_held_out_queries_never_train(pairs_file, pairs_set):
     for query in train:  # every relevant passage of a training query is a positive
         assert set(query.positives) == relevant[query.query]
     meta = json.loads((pairs_set / "meta.json").read_text())
-    assert meta["queries"] == {"train": len(relevant) - _HELD_OUT, "eval": _HELD_OUT}
+    assert meta["queries"] == {"train": len(relevant) - _HELD_OUT, "dev": 0, "eval": _HELD_OUT}
     # Another seed holds out other queries; the same seed the same ones.
     again = pairs_set.parent / "again"
     run_cli("data", "relevance", "--pairs", pairs_file, "--out", again, "--eval-queries",
             _HELD_OUT, "--negatives", _NEGATIVES, "--seed", 1, check=True)  # fmt: skip
     other = {r["query"] for r in _read(again / "eval.jsonl")}
     assert len(other) == _HELD_OUT and other != held_queries
+
+
+def test_a_dev_split_leaves_the_held_out_queries_and_never_trains(pairs_file, pairs_set):
+    """--dev-queries carves candidate lists out of the training side: the held-out queries
+    stay those of the set built without it, and no dev answer is a training negative."""
+    relevant = _relevant(pairs_file)
+    out = pairs_set.parent / "with-dev"
+    run_cli("data", "relevance", "--pairs", pairs_file, "--out", out, "--eval-queries",
+            _HELD_OUT, "--negatives", _NEGATIVES, "--dev-queries", 40, check=True)  # fmt: skip
+    held = {r["query"] for r in _read(out / "eval.jsonl")}
+    assert held == {r["query"] for r in _read(pairs_set / "eval.jsonl")}
+    dev = finetune_data.read_rerank(out / "dev.jsonl", evaluation=True)
+    train = finetune_data.read_rerank(out / "train.jsonl")
+    dev_queries, train_queries = {q.query for q in dev}, {q.query for q in train}
+    assert len(dev_queries) == 40 and not dev_queries & (held | train_queries)
+    assert dev_queries | held | train_queries == set(relevant)
+    assert all(len(q.positives) + len(q.negatives) == _CANDIDATES for q in dev)
+    dev_answers = {p for q in dev_queries for p in relevant[q]}
+    assert not dev_answers & {p for q in train for p in q.negatives}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["queries"] == {"train": len(train_queries), "dev": 40, "eval": _HELD_OUT}
 
 
 def test_training_negatives_are_bm25s_hardest_other_passages(pairs_file, pairs_set):

@@ -54,7 +54,7 @@ def _first_paragraph(text: str) -> str | None:
     for paragraph in re.split(r"\n\s*\n", text):
         lines = [ln for ln in paragraph.splitlines() if ln.strip() and ln[0] not in "*#:;|!{}"]
         prose = " ".join(" ".join(lines).split())
-        if len(prose) >= 80:
+        if len(prose) >= 80 and "{{" not in prose:  # unbalanced markup: not prose
             return prose
     return None
 
