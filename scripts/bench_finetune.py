@@ -13,13 +13,13 @@ per packed row count) is reported apart from the median step.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import jax
 import numpy as np
+from bench_train import step_bench_parser  # same folder
 
 from mlm_jax import config as config_lib
 from mlm_jax.data import tokenizer as tokenizer_lib
@@ -30,10 +30,7 @@ from mlm_jax.training import step as step_lib
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="a finetune config YAML")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--steps", type=int, default=40, help="timed steps (at least 10)")
+    parser = step_bench_parser(__doc__.splitlines()[0], 40, "a finetune config YAML")
     args = parser.parse_args()
     config = config_lib.load(args.config, args.set)
     steps = max(args.steps, 10)

@@ -17,7 +17,6 @@ compared. Needs only the ``hf`` extra.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ import time
 import numpy as np
 import torch
 import transformers
-from bench_train import random_batch  # same folder: the same batches as our side
+from bench_train import random_batch, step_bench_parser  # same folder: the same batches
 
 from mlm_jax import config as config_lib
 from mlm_jax.hf import names
@@ -60,10 +59,7 @@ def torch_batch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="config YAML (default: built-in defaults)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (at least 20)")
+    parser = step_bench_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
     config = config_lib.load(args.config, args.set)
     if config.model.family != "bert":

