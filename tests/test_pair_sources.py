@@ -179,7 +179,7 @@ def test_pairs_command_writes_distinct_pairs_of_real_text(source, tmp_path):
     assert len({(x["query"], x["passage"]) for x in lines}) == len(lines)
     assert all(set(x) == {"query", "passage"} and len(x["passage"]) >= 40 for x in lines)
     if source == "wikipedia":  # wiki markup is gone (docstrings may quote any of it)
-        assert not any(m in x["passage"] for x in lines for m in ("<ref", "{{", "\'\'\'"))
+        assert not any(m in x["passage"] for x in lines for m in ("<ref", "{{", "'''"))
 
 
 def test_an_unknown_source_is_one_line_naming_the_sources(tmp_path):
