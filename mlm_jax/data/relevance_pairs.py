@@ -89,7 +89,7 @@ def split_queries(
     queries are drawn first, so adding a dev split leaves them as they were."""
     if eval_queries + dev_queries >= len(queries):
         raise UserError(
-            f"--eval-queries {eval_queries} and --dev-queries {dev_queries} leave no training "
+            f"--eval-queries {eval_queries} (with --dev-queries {dev_queries}) leaves no training "
             f"query: the pairs file has {len(queries)} distinct queries; lower them"
         )
     rng = random.Random(seed)
