@@ -25,7 +25,7 @@ import numpy as np
 
 from mlm_jax.data import bm25_index, finetune_data
 from mlm_jax.inference import fusion
-from mlm_jax.inference.ranking_metrics import mean_ranking_metrics
+from mlm_jax.data.ranking_metrics import mean_ranking_metrics
 
 # Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
 # ones first, then the rest (finetune_data.RankingQuery), scored by each ranker in turn.

@@ -156,7 +156,7 @@ def test_held_out_candidates_equal_a_direct_bm25s_query(pairs_file, pairs_set):
 
 def test_evaluation_reads_bm25_scores_and_unanswered_queries(pairs_set):
     from mlm_jax.data import bm25_index
-    from mlm_jax.inference.ranking_metrics import mean_ranking_metrics
+    from mlm_jax.data.ranking_metrics import mean_ranking_metrics
 
     queries = finetune_data.read_rerank(pairs_set / "eval.jsonl", evaluation=True)
     bm25 = bm25_index.candidate_scores(queries)
