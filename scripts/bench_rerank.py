@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 from mlm_jax.data import bm25_index, finetune_data
-from mlm_jax.inference import fusion
 from mlm_jax.data.ranking_metrics import mean_ranking_metrics
+from mlm_jax.inference import fusion
 
 # Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
 # ones first, then the rest (finetune_data.RankingQuery), scored by each ranker in turn.

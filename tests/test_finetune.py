@@ -19,8 +19,8 @@ from flax import nnx
 
 from mlm_jax import config as config_lib
 from mlm_jax.data import finetune_data, sources
-from mlm_jax.errors import UserError
 from mlm_jax.data.ranking_metrics import classification_metrics, query_metrics
+from mlm_jax.errors import UserError
 from mlm_jax.model import objectives
 from mlm_jax.state import train_state
 from mlm_jax.training import runs

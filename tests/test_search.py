@@ -207,9 +207,8 @@ def test_fuse_fits_on_dev_lists_and_search_and_export_apply_it(world, tmp_path):
     the fused score unless --no-fusion; the export carries the weight."""
     import numpy as np
 
-    from mlm_jax.data import bm25_index, finetune_data
+    from mlm_jax.data import bm25_index, finetune_data, ranking_metrics
     from mlm_jax.inference import fusion, scoring
-    from mlm_jax.data import ranking_metrics
 
     pairs = _write(tmp_path / "pairs.jsonl", [{"query": g.split()[0], "passage": g}
                                               for g in world["glosses"]])  # fmt: skip

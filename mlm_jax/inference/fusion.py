@@ -23,8 +23,8 @@ import numpy as np
 
 from mlm_jax import artifacts
 from mlm_jax.data import bm25_index, finetune_data
-from mlm_jax.errors import UserError
 from mlm_jax.data.ranking_metrics import mean_ranking_metrics
+from mlm_jax.errors import UserError
 
 FILE = "bm25_fusion.json"
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # steps of 0.05

@@ -22,8 +22,8 @@ from mlm_jax import distributed
 from mlm_jax.data import bm25_index
 from mlm_jax.data import finetune_data as data_lib
 from mlm_jax.data import tokenizer as tokenizer_lib
-from mlm_jax.errors import UserError
 from mlm_jax.data.ranking_metrics import classification_metrics, mean_ranking_metrics
+from mlm_jax.errors import UserError
 from mlm_jax.model import objectives, pair_scorer, sharding
 from mlm_jax.training import loop, runs, step
 from mlm_jax.training.metrics import read_metrics
