@@ -91,8 +91,10 @@ def test_a_dev_split_leaves_the_held_out_queries_and_never_trains(pairs_file, pa
     stay those of the set built without it, and no dev answer is a training negative."""
     relevant = _relevant(pairs_file)
     out = pairs_set.parent / "with-dev"
-    run_cli("data", "relevance", "--pairs", pairs_file, "--out", out, "--eval-queries",
-            _HELD_OUT, "--negatives", _NEGATIVES, "--dev-queries", 40, check=True)  # fmt: skip
+    result = run_cli("data", "relevance", "--pairs", pairs_file, "--out", out,
+                     "--eval-queries", _HELD_OUT, "--negatives", _NEGATIVES,
+                     "--dev-queries", 40, check=True)  # fmt: skip
+    assert "BM25 negatives, 40 dev queries, " in result.stdout
     held = {r["query"] for r in _read(out / "eval.jsonl")}
     assert held == {r["query"] for r in _read(pairs_set / "eval.jsonl")}
     dev = finetune_data.read_rerank(out / "dev.jsonl", evaluation=True)

@@ -188,7 +188,8 @@ def build(
     artifacts.write_jsonl_directory(out, splits, meta)
     print(
         f"relevance set {out}: {len(train)} train queries with {negatives} BM25 negatives, "
-        f"{len(held)} held-out queries with BM25's top {candidates} of {len(pairs.passages)} "
+        + (f"{len(dev)} dev queries, " if dev else "")
+        + f"{len(held)} held-out queries with BM25's top {candidates} of {len(pairs.passages)} "
         f"passages (answer retrieved for {100 * recall:.1f}%)"
     )
     return meta
