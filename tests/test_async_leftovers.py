@@ -39,6 +39,25 @@ def test_tensorstore_errors_without_a_traceback_are_dropped():
     assert keep(unrelated)
 
 
+def test_unretrieved_errors_of_bare_futures_are_dropped_too():
+    """A future TensorStore completed with an error (not a task) is logged as "Future
+    exception was never retrieved", with the spec in its repr (seen in CI on a truncated
+    checkpoint); it is dropped like a task's, and an unrelated one is kept."""
+    keep = async_leftovers._DropUnretrievedOrbaxErrors().filter
+    error = ValueError("OUT_OF_RANGE: Error reading byte range [tensorstore_spec='{}']")
+    message = f"Future exception was never retrieved\nfuture: <Future finished exception={error!r}>"
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                               (ValueError, error, None))  # fmt: skip
+    assert not keep(record)
+    other = ValueError("bad value")
+    unrelated = logging.LogRecord(
+        "asyncio", logging.ERROR, __file__, 1,
+        f"Future exception was never retrieved\nfuture: <Future finished exception={other!r}>",
+        None, (ValueError, other, None),
+    )  # fmt: skip
+    assert keep(unrelated)
+
+
 def test_callbacks_to_a_closed_loop_are_dropped():
     async_leftovers.install()
     loop = asyncio.new_event_loop()

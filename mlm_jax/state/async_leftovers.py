@@ -8,8 +8,9 @@ installed once, when :mod:`mlm_jax.state.checkpoint` is imported):
   callbacks for it; each late ``loop.call_soon_threadsafe`` raises "Event loop is closed"
   and TensorStore prints the traceback, dozens of times. The loop is gone and nobody waits
   on those callbacks, so they are dropped.
-- The sibling read tasks that failed the same way are never awaited, and asyncio logs each
-  one with its traceback ("Task exception was never retrieved") when it is collected.
+- The sibling reads that failed the same way are never awaited, and asyncio logs each one
+  with its traceback when it is collected: "Task exception was never retrieved" for a
+  task, "Future exception was never retrieved" for a bare future TensorStore completed.
   Those records are dropped when the error came from Orbax or TensorStore.
 """
 
@@ -28,9 +29,14 @@ def _call_soon_threadsafe(self, callback, *args, context=None):
     return _original(self, callback, *args, context=context)
 
 
+# What asyncio's default exception handler says of an error nobody awaited, for a task and
+# for a plain future.
+_UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+
 class _DropUnretrievedOrbaxErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Task exception was never retrieved"):
+        if not str(record.msg).startswith(_UNRETRIEVED):
             return True
         return not _comes_from_checkpoint_io(record)
 
