@@ -186,10 +186,10 @@ def build(
         f"bm25_recall@{candidates}": round(recall, 6),
     }
     artifacts.write_jsonl_directory(out, splits, meta)
+    dev_part = f"{len(dev)} dev queries, " if dev else ""
     print(
         f"relevance set {out}: {len(train)} train queries with {negatives} BM25 negatives, "
-        + (f"{len(dev)} dev queries, " if dev else "")
-        + f"{len(held)} held-out queries with BM25's top {candidates} of {len(pairs.passages)} "
-        f"passages (answer retrieved for {100 * recall:.1f}%)"
+        f"{dev_part}{len(held)} held-out queries with BM25's top {candidates} of "
+        f"{len(pairs.passages)} passages (answer retrieved for {100 * recall:.1f}%)"
     )
     return meta
