@@ -18,6 +18,12 @@ def _record_from(filename: str) -> logging.LogRecord:
     )  # fmt: skip
 
 
+def _frameless(message: str, error: Exception) -> logging.LogRecord:
+    """What asyncio logs for an error set on a future from C++: no frames to look at."""
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                             (type(error), error, None))  # fmt: skip
+
+
 def test_unretrieved_orbax_task_errors_are_dropped_others_kept():
     keep = async_leftovers._DropUnretrievedOrbaxErrors().filter
     assert not keep(_record_from("/site-packages/orbax/checkpoint/serialization.py"))
@@ -31,12 +37,12 @@ def test_tensorstore_errors_without_a_traceback_are_dropped():
     keep = async_leftovers._DropUnretrievedOrbaxErrors().filter
     error = ValueError("OUT_OF_RANGE: Error reading byte range [tensorstore_spec='{}']")
     message = "Task exception was never retrieved\nfuture: <Task finished coro=<read()>>"
-    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
-                               (ValueError, error, None))  # fmt: skip
-    assert not keep(record)
-    unrelated = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
-                                  (ValueError, ValueError("bad value"), None))  # fmt: skip
-    assert keep(unrelated)
+    assert not keep(_frameless(message, error))
+    assert keep(_frameless(message, ValueError("bad value")))
+
+
+def _unretrieved_future(error: Exception) -> str:
+    return f"Future exception was never retrieved\nfuture: <Future finished exception={error!r}>"
 
 
 def test_unretrieved_errors_of_bare_futures_are_dropped_too():
@@ -45,17 +51,9 @@ def test_unretrieved_errors_of_bare_futures_are_dropped_too():
     checkpoint); it is dropped like a task's, and an unrelated one is kept."""
     keep = async_leftovers._DropUnretrievedOrbaxErrors().filter
     error = ValueError("OUT_OF_RANGE: Error reading byte range [tensorstore_spec='{}']")
-    message = f"Future exception was never retrieved\nfuture: <Future finished exception={error!r}>"
-    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
-                               (ValueError, error, None))  # fmt: skip
-    assert not keep(record)
+    assert not keep(_frameless(_unretrieved_future(error), error))
     other = ValueError("bad value")
-    unrelated = logging.LogRecord(
-        "asyncio", logging.ERROR, __file__, 1,
-        f"Future exception was never retrieved\nfuture: <Future finished exception={other!r}>",
-        None, (ValueError, other, None),
-    )  # fmt: skip
-    assert keep(unrelated)
+    assert keep(_frameless(_unretrieved_future(other), other))
 
 
 def test_callbacks_to_a_closed_loop_are_dropped():
