@@ -1,9 +1,10 @@
 """The package's layers import one way, and reading a checkpoint needs no input pipeline.
 
 Layers, bottom to top: the foundation modules at the top of the package (errors, config,
-artifacts, distributed, manifest), ``data``, ``model``, ``hf``, ``training``, ``planning``,
-then ``inference``, ``export`` and ``cli``. A module may import its own layer and the layers
-below it, never one above; every import statement counts, those inside functions too.
+artifacts, distributed, manifest, backends), ``data``, ``model``, ``hf``, ``training``,
+``planning``, then ``inference``, ``export`` and ``cli``. A module may import its own layer
+and the layers below it, never one above; every import statement counts, those inside
+functions too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlm_jax"
-FOUNDATION = {"errors", "config", "artifacts", "distributed", "manifest", "__init__"}
+FOUNDATION = {"errors", "config", "artifacts", "distributed", "manifest", "backends", "__init__"}
 ORDER = [
     "foundation", "data", "model", "hf", "state", "training", "planning", "inference", "export",
     "cli",

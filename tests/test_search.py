@@ -3,6 +3,7 @@ reranker orders them exactly as `mlm-jax score` does on the same candidates; the
 is cached beside the collection; a model that is not a reranker is refused."""
 
 import json
+import os
 import shutil
 
 import bm25s
@@ -96,6 +97,17 @@ def test_queries_file_and_the_cached_index(world, tmp_path):
     (new_key,) = [p.name for p in cache.iterdir()]
     assert new_key != key
     _write(collection, [{"text": g} for g in world["glosses"]])
+
+
+def test_a_search_that_works_leaves_stderr_empty(world, tmp_path):
+    """As a user runs it: JAX_PLATFORMS unset (libtpu, from the tpu extra, must not print its
+    failed TPU start) and a new collection (building its BM25 index must not log)."""
+    collection = _write(tmp_path / "fresh.jsonl", [{"text": g} for g in world["glosses"][:300]])
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    result = run_cli("search", "--collection", collection, "--model", world["reranker"], _QUERY,
+                     "--top-k", 3, env=env, check=True)  # fmt: skip
+    assert result.stderr == "", result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1 + 3
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlm_jax.backends import cpu_unless_accelerator
 from mlm_jax.cli.arguments import Parser, add_config_args, load_config
 from mlm_jax.cli.data_commands import add_data_parser, add_tokenizer_parser
 from mlm_jax.cli.ranking_commands import add_ranking_parsers
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        cpu_unless_accelerator()
         args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,11 +27,20 @@ _TOKENIZE = {"stopwords": "en", "show_progress": False}
 _KEY_CHARS = 16
 
 
-def tokenize(texts: list[str]) -> list[list[str]]:
-    """The words BM25 sees in each text."""
+def _bm25s():
+    """The bm25s module, its logger held at warnings: bm25s sets it to DEBUG on import, so
+    once anything gives the root logger a handler, its progress notes reach stderr."""
+    import logging
+
     import bm25s
 
-    return bm25s.tokenize(texts, return_ids=False, **_TOKENIZE)
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """The words BM25 sees in each text."""
+    return _bm25s().tokenize(texts, return_ids=False, **_TOKENIZE)
 
 
 def fingerprint(passages: list[str]) -> str:
@@ -52,8 +61,7 @@ class Bm25Index:
 
     @classmethod
     def build(cls, passages: list[str]) -> Bm25Index:
-        import bm25s
-
+        bm25s = _bm25s()
         tokens = bm25s.tokenize(passages, **_TOKENIZE)
         if not tokens.vocab:
             raise UserError(
@@ -66,9 +74,7 @@ class Bm25Index:
 
     @classmethod
     def load(cls, directory: Path) -> Bm25Index:
-        import bm25s
-
-        retriever = bm25s.BM25.load(str(directory), show_progress=False)
+        retriever = _bm25s().BM25.load(str(directory), show_progress=False)
         size = json.loads((directory / "size.json").read_text())["passages"]
         return cls(retriever, size)
 
