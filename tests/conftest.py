@@ -21,6 +21,21 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+# The heaviest files, heaviest first (each 3 to 8 minutes of one of the two workers;
+# `pytest --durations=70`, sixteenth session). scripts/test.sh runs `--dist loadfile
+# --no-loadscope-reorder`: each worker takes the next file in collection order when it
+# finishes one, so a long file left for last runs alone while the other worker sits idle;
+# taking the long ones first leaves the short files to fill the end.
+HEAVIEST_FIRST = (
+    "test_aot_presets.py", "test_finetune.py", "test_plan.py", "test_train.py", "test_step.py",
+    "test_multihost.py", "test_search.py", "test_recipe.py", "test_integrity.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
 
 def require(module: str):
     """Import an optional test dependency (torch, transformers, sentence_transformers).

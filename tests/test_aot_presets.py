@@ -2,7 +2,8 @@
 
 Real compiles for libtpu's compile-only devices, ahead of time ("aot"): about ten minutes
 on one of two cores, so the module is marked slow; it is part of the default command all
-the same, and its name sorts it first so the other worker runs the rest meanwhile.
+the same, and tests/conftest.py hands it out first so the other worker runs the rest
+meanwhile.
 """
 
 import json
