@@ -12,6 +12,7 @@ written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -27,6 +28,7 @@ _TOKENIZE = {"stopwords": "en", "show_progress": False}
 _KEY_CHARS = 16
 
 
+@functools.cache  # once per process: tokenize runs per query batch
 def _bm25s():
     """The bm25s module, its logger held at warnings: bm25s sets it to DEBUG on import, so
     once anything gives the root logger a handler, its progress notes reach stderr."""
