@@ -23,8 +23,7 @@ from mlm_jax.config import Config
 from mlm_jax.data import finetune_data
 from mlm_jax.data import tokenizer as tokenizer_lib
 from mlm_jax.hf import names, writer
-from mlm_jax.inference import loading
-from mlm_jax.inference.fusion import FILE as fusion_file
+from mlm_jax.inference import fusion, loading
 from mlm_jax.model import sharding
 from mlm_jax.model.encoder import abstract_encoder
 from mlm_jax.model.pair_scorer import Scorer
@@ -76,9 +75,9 @@ def export_run(
 
 
 def _beside_model(workdir) -> dict[str, bytes]:
-    """Files a run keeps next to its checkpoints that travel with its export."""
-    fitted = Path(workdir) / fusion_file
-    return {fusion_file: fitted.read_bytes()} if fitted.is_file() else {}
+    """Files a run keeps next to its checkpoints that travel with its export: its fusion
+    weights and the bi-encoder they weigh (:func:`mlm_jax.inference.fusion.exported`)."""
+    return fusion.exported(workdir)
 
 
 def write_pretrained(config: Config, params: nnx.State, out, manifest=None, force=False) -> Path:

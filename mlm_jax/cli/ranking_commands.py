@@ -33,7 +33,7 @@ def _cmd_fuse(args: argparse.Namespace) -> None:
 
     from mlm_jax.inference import fusion
 
-    print(json.dumps(fusion.fit(args.model, args.dev)))
+    print(json.dumps(fusion.fit(args.model, args.dev, args.bi_encoder)))
 
 
 _SEARCH_DESCRIPTION = """\
@@ -88,18 +88,22 @@ def add_ranking_parsers(commands) -> None:
     search.add_argument("query", nargs="?", help="one query; prints rank, score, bm25, passage")
     search.add_argument(
         "--no-fusion", action="store_true",
-        help="order by the reranker alone, ignoring the BM25 weight the model carries",
+        help="order by the reranker alone, ignoring the fusion weights the model carries",
     )  # fmt: skip
     _add_passage_args(search)
     search.set_defaults(handler=_cmd_search)
 
     fuse = commands.add_parser(
-        "fuse", help="fit the weight of BM25 in a reranker's order on dev candidate lists; "
-        "stored with the model (bm25_fusion.json), applied by search",
+        "fuse", help="fit the weights of BM25 (and of a bi-encoder) in a reranker's order on "
+        "dev candidate lists; stored with the model (bm25_fusion.json), applied by search",
     )  # fmt: skip
     fuse.add_argument("--model", required=True, help="a fine-tuned reranker run or export")
     fuse.add_argument(
         "--dev", required=True, nargs="+",
         help="dev.jsonl of `data relevance --dev-queries`, from the model's training sets",
+    )  # fmt: skip
+    fuse.add_argument(
+        "--bi-encoder", help="also weigh this mean-pooling bi-encoder's cosines (a "
+        "sentence-transformers BERT directory, e.g. the reranker's starting model)",
     )  # fmt: skip
     fuse.set_defaults(handler=_cmd_fuse)

@@ -68,5 +68,6 @@ def write_directory(
     with artifacts.staged_directory(out) as staging:
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)  # bi_encoder/...
             (staging / name).write_bytes(data)
     return out

@@ -3,9 +3,10 @@
 The two-stage job rerankers exist for. BM25 (:mod:`mlm_jax.data.bm25_index`, cached beside
 the collection) picks each query's ``top_k`` candidates from the whole collection; the
 reranker scores every (query, candidate) pair exactly as ``mlm-jax score`` would and
-orders them by that score, BM25's order breaking ties. A model that carries a fitted BM25
-weight (``mlm-jax fuse``, :mod:`mlm_jax.inference.fusion`) is ordered by the fused score
-instead, unless ``fusion=False``.
+orders them by that score, BM25's order breaking ties. A model that carries fitted fusion
+weights (``mlm-jax fuse``, :mod:`mlm_jax.inference.fusion`: BM25's, and a bi-encoder's
+whose cosines are then computed too) is ordered by the fused score instead, unless
+``fusion=False``.
 
 Collection: JSONL, one passage per line, as ``{"text": ...}``, ``{"passage": ...}`` or a
 JSON string. Queries file: JSONL, ``{"query": ...}`` or a JSON string per line.
@@ -62,8 +63,9 @@ def search(
     collection: str, model: str, queries: list[str], top_k: int = 20, seq_len=None, windows=None,
     fusion: bool = True,
 ) -> list[dict]:  # fmt: skip
-    """Per query ``{"query", "results": [{"rank", "score", "reranker", "bm25", "text"}, ...]}``;
-    ``score`` is the fused score when the model has a BM25 weight, else the reranker's."""
+    """Per query ``{"query", "results": [{"rank", "score", "reranker", "bm25", "text"}, ...]}``
+    (and ``"bi_encoder"``, the cosine, when the model's fusion weighs it); ``score`` is the
+    fused score when the model carries fusion weights, else the reranker's."""
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
     passages = read_collection(collection)
@@ -71,19 +73,26 @@ def search(
 
     # The model is checked before the index is built: a wrong --model writes nothing.
     rerank = scoring.load_reranker(model, seq_len=seq_len, windows=windows)
-    weight = fusion_lib.read(model) if fusion else None
+    weights = fusion_lib.read(model) if fusion else None
     index = bm25_index.cached(collection, passages)
     candidates, bm25 = index.top_k(queries, top_k)
-    scores = rerank([(q, passages[i]) for q, row in zip(queries, candidates, strict=True)
-                     for i in row])  # fmt: skip
+    pairs = [(q, passages[i]) for q, row in zip(queries, candidates, strict=True) for i in row]
+    scores = rerank(pairs)
+    cosines = fusion_lib.bi_encoder_cosines(weights, pairs)
     results = []
     for row, (query, ids, first_stage) in enumerate(zip(queries, candidates, bm25, strict=True)):
-        mine = scores[row * len(ids) : (row + 1) * len(ids)]
-        final = mine if weight is None else fusion_lib.fused(mine, first_stage, weight)
+        mine = slice(row * len(ids), (row + 1) * len(ids))
+        mine_cos = None if cosines is None else cosines[mine]
+        final = scores[mine]
+        if weights is not None:
+            final = fusion_lib.fused(final, first_stage, weights.bm25_weight, mine_cos,
+                                     weights.bi_encoder_weight)  # fmt: skip
         order = np.argsort(-final, kind="stable")  # stable: BM25's order among equal scores
         results.append({"query": query, "results": [
-            {"rank": r + 1, "score": float(final[i]), "reranker": float(mine[i]),
-             "bm25": float(first_stage[i]), "text": passages[ids[i]]}
+            {"rank": r + 1, "score": float(final[i]), "reranker": float(scores[mine][i]),
+             "bm25": float(first_stage[i]),
+             **({} if mine_cos is None else {"bi_encoder": float(mine_cos[i])}),
+             "text": passages[ids[i]]}
             for r, i in enumerate(order)
         ]})  # fmt: skip
     return results
