@@ -54,7 +54,9 @@ def _check_mean_pooling(directory: Path) -> None:
 
 
 def _row_length(longest: int, limit: int) -> int:
-    return next((n for n in _ROW_LENGTHS if n >= longest), limit)
+    """The shortest of the row lengths that holds ``longest`` tokens, never past ``limit``
+    (the model's positions)."""
+    return min(next((n for n in _ROW_LENGTHS if n >= longest), limit), limit)
 
 
 def load_bi_encoder(path: str | Path, chunk_rows: int = 64) -> Callable[[list[str]], np.ndarray]:
