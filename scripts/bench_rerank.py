@@ -75,7 +75,9 @@ def _rankers(args):
             kept["scores"] = reranker(model, queries, args.seq_len, args.windows)
             return kept["scores"]
 
-        def fused(queries, weights=fusion.read(model), kept=kept):
+        weights = fusion.read(model)  # read once: it also checks the bi-encoder is there
+
+        def fused(queries, weights=weights, kept=kept):
             bm25 = bm25_index.candidate_scores(queries)
             pairs = [(q.query, p) for q in queries for p in _candidates(q)]
             cosines = fusion.bi_encoder_cosines(weights, pairs)
@@ -86,7 +88,7 @@ def _rankers(args):
             ]
 
         yield f"reranker:{model}", alone
-        if fusion.read(model) is not None:
+        if weights is not None:
             yield f"fused:{model}", fused
 
 

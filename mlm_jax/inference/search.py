@@ -82,14 +82,14 @@ def search(
     results = []
     for row, (query, ids, first_stage) in enumerate(zip(queries, candidates, bm25, strict=True)):
         mine = slice(row * len(ids), (row + 1) * len(ids))
-        mine_cos = None if cosines is None else cosines[mine]
-        final = scores[mine]
+        reranker, mine_cos = scores[mine], None if cosines is None else cosines[mine]
+        final = reranker
         if weights is not None:
-            final = fusion_lib.fused(final, first_stage, weights.bm25_weight, mine_cos,
+            final = fusion_lib.fused(reranker, first_stage, weights.bm25_weight, mine_cos,
                                      weights.bi_encoder_weight)  # fmt: skip
         order = np.argsort(-final, kind="stable")  # stable: BM25's order among equal scores
         results.append({"query": query, "results": [
-            {"rank": r + 1, "score": float(final[i]), "reranker": float(scores[mine][i]),
+            {"rank": r + 1, "score": float(final[i]), "reranker": float(reranker[i]),
              "bm25": float(first_stage[i]),
              **({} if mine_cos is None else {"bi_encoder": float(mine_cos[i])}),
              "text": passages[ids[i]]}
