@@ -7,6 +7,7 @@ extra), nothing faked. The presets' own plans are in tests/test_aot_presets.py.
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import config_dict, require, run_cli, tiny_config
@@ -113,6 +114,22 @@ def test_a_run_too_big_for_the_slice_is_refused_in_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     for knob in ("train.global_batch_size", "optim.grad_accum_steps", "mesh.fsdp", "model.remat"):
         assert knob in lines[0]
+
+
+def test_a_compiler_crash_is_one_line_with_the_knobs_to_change(tmp_path):
+    # libtpu 0.0.42.1 dies with SIGSEGV inside its convolution tiling on these shapes
+    # (docs/planning.md); the compile runs in a child, so the plan ends in one line.
+    shape = ("model.num_layers=4", "model.hidden_size=128", "model.intermediate_size=512",
+             "data.seq_len=64", "train.global_batch_size=64", "mesh.data=4",
+             "model.remat=full")  # fmt: skip
+    result, report = _plan(tmp_path, *shape)
+    assert result.returncode == 2 and report is None
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "crashed (SIGSEGV)" in lines[0] and "model.remat" in lines[0]
+    log = Path(lines[0].rsplit("the compiler's log: ", 1)[1].rstrip(")"))
+    assert "SIGSEGV" in log.read_text()  # libtpu's dump, kept for a bug report
+    log.unlink()
 
 
 def test_plan_without_libtpu_names_the_tpu_extra(tmp_path):

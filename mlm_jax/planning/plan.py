@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from mlm_jax.errors import UserError
 from mlm_jax.model import encoder, sharding
-from mlm_jax.planning import collectives, roofline, targets, traffic
+from mlm_jax.planning import collectives, isolation, roofline, targets, traffic
 from mlm_jax.state import train_state
 from mlm_jax.training import step
 
@@ -280,7 +280,11 @@ def format_report(report: dict, top_ops: int = 8) -> str:
 
 def run(config, target: str, json_out: str | None = None, hlo_out: str | None = None) -> dict:
     """``mlm-jax plan``: print the plan, write it as JSON, refuse a run that does not fit."""
-    report = make_plan(config, target, hlo_out)
+    if target in ("cpu", "local"):
+        report = make_plan(config, target, hlo_out)
+    else:  # libtpu's compiler can crash outright: compile where a crash is one line
+        targets.require_libtpu(targets.parse_slice(target))
+        report = isolation.make_plan(config, target, hlo_out)
     print(format_report(report), flush=True)
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=1) + "\n")

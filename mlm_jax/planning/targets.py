@@ -114,6 +114,17 @@ def _host_bounds(tpu: Slice) -> tuple[int, int, int]:
     return (min(a, 2), min(b, 4), 1) if tpu.chips >= 8 else (a, b, 1)
 
 
+def require_libtpu(tpu: Slice) -> None:
+    """Refuse in one line a slice target on a host without libtpu."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise UserError(
+            f"--target {tpu.name} compiles with libtpu, which is not installed; "
+            "install the TPU extra: pip install -e '.[tpu]' (or pip install 'jax[tpu]')"
+        ) from None
+
+
 def compile_only_devices(tpu: Slice):
     """The slice's devices from libtpu, for compiling only; nothing runs on them.
 
@@ -132,13 +143,7 @@ def compile_only_devices(tpu: Slice):
     # touches no chip, so two plans (or test workers) may run side by side.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
-        raise UserError(
-            f"--target {tpu.name} compiles with libtpu, which is not installed; "
-            "install the TPU extra: pip install -e '.[tpu]' (or pip install 'jax[tpu]')"
-        ) from None
+    require_libtpu(tpu)
     from jax.experimental import topologies
 
     topology = topologies.get_topology_desc(
