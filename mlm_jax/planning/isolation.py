@@ -43,13 +43,13 @@ def _signal_name(exitcode: int) -> str:
 
 def make_plan(config, target: str, hlo_out: str | None = None) -> dict:
     """:func:`mlm_jax.planning.plan.make_plan` for a TPU slice, compiled in a child process."""
-    log = tempfile.NamedTemporaryFile(prefix="mlm-jax-plan-", suffix=".log", delete=False)
-    log.close()
+    descriptor, log = tempfile.mkstemp(prefix="mlm-jax-plan-", suffix=".log")
+    os.close(descriptor)
     # spawn, not fork: the child must load JAX and libtpu afresh, and this process may
     # already hold threads.
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(sender, config, target, hlo_out, log.name))
+    child = context.Process(target=_child, args=(sender, config, target, hlo_out, log))
     child.start()
     sender.close()
     try:
@@ -57,13 +57,13 @@ def make_plan(config, target: str, hlo_out: str | None = None) -> dict:
     except EOFError:  # the child ended without a word: crashed, or failed unexpectedly
         kind, value = None, None
     child.join()
-    text = Path(log.name).read_text(errors="replace")
+    text = Path(log).read_text(errors="replace")
     if child.exitcode is not None and child.exitcode < 0:
         raise UserError(
             f"libtpu's compiler crashed ({_signal_name(child.exitcode)}) compiling this run "
-            f"for {target}; {CRASH_KNOBS} (docs/planning.md; the compiler's log: {log.name})"
+            f"for {target}; {CRASH_KNOBS} (docs/planning.md; the compiler's log: {log})"
         )
-    os.unlink(log.name)
+    os.unlink(log)
     sys.stderr.write(text)  # the compiler's warnings, as an in-process plan would show them
     if kind == "error":
         raise UserError(value)
