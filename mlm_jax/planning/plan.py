@@ -284,7 +284,14 @@ def run(config, target: str, json_out: str | None = None, hlo_out: str | None = 
         report = make_plan(config, target, hlo_out)
     else:  # libtpu's compiler can crash outright: compile where a crash is one line
         targets.require_libtpu(targets.parse_slice(target))
-        report = isolation.make_plan(config, target, hlo_out)
+        try:
+            report = isolation.call(make_plan, config, target, hlo_out)
+        except isolation.Crashed as crash:
+            raise UserError(
+                f"libtpu's compiler crashed ({crash.signal_name}) compiling this run for "
+                f"{target}; change train.global_batch_size or model.remat and plan again "
+                f"(docs/planning.md; the compiler's log: {crash.log})"
+            ) from None
     print(format_report(report), flush=True)
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
