@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from mlm_jax.data import bm25_index, finetune_data
-from mlm_jax.data.ranking_metrics import mean_ranking_metrics
+from mlm_jax.data.ranking_metrics import paired_difference, per_query_metrics
 from mlm_jax.inference import fusion
 
 # Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
@@ -118,6 +118,22 @@ def print_means(path: str) -> None:
         )
 
 
+def print_paired(eval_file: str, reference: str, reciprocal_ranks: dict) -> None:
+    """One JSON line per other ranker: its MRR@10 minus ``reference``'s on the same queries,
+    with the 95% interval of a paired bootstrap (is the gap more than the queries' noise?)."""
+    if reference not in reciprocal_ranks:
+        raise SystemExit(f"--paired {reference!r} is none of this run's rankers: "
+                         f"{', '.join(reciprocal_ranks)}")  # fmt: skip
+    for name, values in reciprocal_ranks.items():
+        if name != reference:
+            difference, low, high = paired_difference(values, reciprocal_ranks[reference])
+            print(json.dumps({
+                "eval": eval_file, "ranker": name, "minus": reference,
+                "mrr@10_difference": round(difference, 4),
+                "ci95": [round(low, 4), round(high, 4)],
+            }), flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval", nargs="+", help="eval.jsonl of --pairs sets")
@@ -126,6 +142,12 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="mlm_jax reranker")
     parser.add_argument("--seq-len", type=int, help="rows for --model (default: its training's)")
     parser.add_argument("--windows", choices=("maxp", "firstp"), help="long passages (--model)")
+    parser.add_argument(
+        "--paired",
+        metavar="RANKER",
+        help="also print each other ranker's MRR@10 minus this one's (a name as printed, "
+        "e.g. bm25 or fused:MODEL) with a paired-bootstrap 95%% interval",
+    )
     args = parser.parse_args()
     if args.mean:
         return print_means(args.mean)
@@ -135,17 +157,21 @@ def main() -> None:
     for eval_file in args.eval:
         lists = finetune_data.read_rerank(eval_file, evaluation=True)
         relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
+        reciprocal_ranks = {}
         for name, scores_of in _rankers(args):
             started = time.perf_counter()
-            metrics = mean_ranking_metrics(scores_of(lists), relevant)
+            per_query = per_query_metrics(scores_of(lists), relevant)
+            reciprocal_ranks[name] = per_query["mrr@10"]
             print(json.dumps({
                 "eval": eval_file, "ranker": name, "queries": len(lists),
                 **({"seq_len": args.seq_len, "windows": args.windows}
                    if name.startswith(("reranker", "fused")) else {}),
                 "answer_in_candidates": float(np.mean([r.max() for r in relevant])),
-                **{k: round(v, 4) for k, v in metrics.items()},
+                **{k: round(float(v.mean()), 4) for k, v in per_query.items()},
                 "seconds": round(time.perf_counter() - started, 1),
             }), flush=True)  # fmt: skip
+        if args.paired:
+            print_paired(eval_file, args.paired, reciprocal_ranks)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from flax import nnx
 
 from mlm_jax import config as config_lib
 from mlm_jax.data import finetune_data, sources
-from mlm_jax.data.ranking_metrics import classification_metrics, query_metrics
+from mlm_jax.data.ranking_metrics import classification_metrics, paired_difference, query_metrics
 from mlm_jax.errors import UserError
 from mlm_jax.model import objectives
 from mlm_jax.state import train_state
@@ -316,6 +316,22 @@ def _losses_and_weights(workdir):
 
     _, _, params = restore.restore_params(str(workdir))
     return losses, {str(k): np.asarray(v) for k, v in nnx.to_flat_state(params)}
+
+
+def test_paired_bootstrap_separates_a_steady_gap_from_noise():
+    rng = np.random.default_rng(1)
+    theirs = rng.uniform(size=300)
+    assert paired_difference(theirs, theirs) == (0.0, 0.0, 0.0)
+    # A gap every query shares is certain, however spread out the queries are.
+    difference, low, high = paired_difference(theirs + 0.01, theirs)
+    assert difference == pytest.approx(0.01) and low == pytest.approx(0.01)
+    assert high == pytest.approx(0.01)
+    # Per-query noise of spread 0.1 around a 0.005 gap: the interval is about
+    # +-1.96 * 0.1 / sqrt(300) = +-0.011 wide and holds the gap (and 0).
+    ours = theirs + 0.005 + rng.normal(0.0, 0.1, size=300)
+    difference, low, high = paired_difference(ours, theirs)
+    assert low < 0.005 < high and low < 0.0 < high
+    assert 0.018 < high - low < 0.027
 
 
 def test_sentence_pair_classifier_resumes_bit_identically_and_exports(
