@@ -121,9 +121,6 @@ def print_means(path: str) -> None:
 def print_paired(eval_file: str, reference: str, reciprocal_ranks: dict) -> None:
     """One JSON line per other ranker: its MRR@10 minus ``reference``'s on the same queries,
     with the 95% interval of a paired bootstrap (is the gap more than the queries' noise?)."""
-    if reference not in reciprocal_ranks:
-        raise SystemExit(f"--paired {reference!r} is none of this run's rankers: "
-                         f"{', '.join(reciprocal_ranks)}")  # fmt: skip
     for name, values in reciprocal_ranks.items():
         if name != reference:
             difference, low, high = paired_difference(values, reciprocal_ranks[reference])
@@ -153,6 +150,11 @@ def main() -> None:
         return print_means(args.mean)
     if not args.eval:
         parser.error("pass --eval FILE... (or --mean FILE)")
+    # The rankers' names are known before any of them scores (only fusion files are read):
+    # a --paired name that is none of them is refused before minutes of scoring, not after.
+    names = [name for name, _ in _rankers(args)]
+    if args.paired and args.paired not in names:
+        parser.error(f"--paired {args.paired!r} is none of this run's rankers: {', '.join(names)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file in args.eval:
         lists = finetune_data.read_rerank(eval_file, evaluation=True)
