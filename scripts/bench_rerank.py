@@ -54,12 +54,14 @@ def bi_encoder(path: str, queries):
     ]
 
 
-def reranker(path: str, queries, seq_len: int | None, windows: str | None):
-    """Scores as ``mlm-jax score`` computes them (``seq_len`` and ``windows`` as its
+def reranker(path: str, queries, seq_len: int | None, windows: str | None, dtype: str | None):
+    """Scores as ``mlm-jax score`` computes them (``seq_len``, ``windows`` and ``dtype`` as its
     options; None: the model's own)."""
     from mlm_jax.inference import scoring
 
-    score = scoring.load_reranker(path, chunk_rows=64, seq_len=seq_len, windows=windows)
+    score = scoring.load_reranker(
+        path, chunk_rows=64, seq_len=seq_len, windows=windows, dtype=dtype
+    )
     return _split(score([(q.query, p) for q in queries for p in _candidates(q)]), queries)
 
 
@@ -72,7 +74,7 @@ def _rankers(args):
         kept = {}  # the reranker's scores, which its fused row reuses
 
         def alone(queries, model=model, kept=kept):
-            kept["scores"] = reranker(model, queries, args.seq_len, args.windows)
+            kept["scores"] = reranker(model, queries, args.seq_len, args.windows, args.dtype)
             return kept["scores"]
 
         weights = fusion.read(model)  # read once: it also checks the bi-encoder is there
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, help="rows for --model (default: its training's)")
     parser.add_argument("--windows", choices=("maxp", "firstp"), help="long passages (--model)")
     parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), help="--model's products (default: its own)"
+    )
+    parser.add_argument(
         "--paired",
         metavar="RANKER",
         help="also print each other ranker's MRR@10 minus this one's (a name as printed, "
@@ -166,7 +171,7 @@ def main() -> None:
             reciprocal_ranks[name] = per_query["mrr@10"]
             print(json.dumps({
                 "eval": eval_file, "ranker": name, "queries": len(lists),
-                **({"seq_len": args.seq_len, "windows": args.windows}
+                **({"seq_len": args.seq_len, "windows": args.windows, "dtype": args.dtype}
                    if name.startswith(("reranker", "fused")) else {}),
                 "answer_in_candidates": float(np.mean([r.max() for r in relevant])),
                 **{k: round(float(v.mean()), 4) for k, v in per_query.items()},

@@ -186,6 +186,40 @@ def test_maxp_reads_the_whole_passage_and_firstp_its_opening(world):
     assert not (abs(maxp(other_tail) - maxp(long)) < 1e-6).all()
 
 
+def test_a_reranker_scores_in_the_precision_it_records_unless_told(world, tmp_path):
+    """A run trained with bf16 products scores with them by default (as its fine-tuning
+    evaluated it); ``--dtype float32`` gives the float32 scores, which a float32 run gives
+    by default."""
+    import numpy as np
+    import yaml
+
+    from mlm_jax.inference import scoring
+
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(world["reranker"], bf16)
+    config = yaml.safe_load((bf16 / "config.yaml").read_text())
+    assert config["model"]["dtype"] == "float32"
+    config["model"]["dtype"] = "bfloat16"
+    (bf16 / "config.yaml").write_text(yaml.safe_dump(config))
+    pairs = [(_QUERY, p) for p in world["glosses"][:6] + _long_passages(world)[:3]]
+    full = scoring.score_pairs(str(world["reranker"]), pairs)
+    assert np.array_equal(scoring.score_pairs(str(bf16), pairs, dtype="float32"), full)
+    half = scoring.score_pairs(str(bf16), pairs)
+    assert not np.array_equal(half, full)  # bf16 operands round every product's inputs
+    np.testing.assert_allclose(half, full, atol=0.05 * np.abs(full).max())
+
+    candidates = _write(tmp_path / "c.jsonl", [{"text": p} for _, p in pairs])
+
+    def score(model, *extra):
+        result = run_cli("score", "--model", model, "--query", _QUERY, "--candidates",
+                         candidates, *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert score(bf16, "--dtype", "float32") == score(world["reranker"])
+    assert score(bf16) == score(world["reranker"], "--dtype", "bfloat16")
+
+
 def test_search_scores_long_passages_as_the_model_records_unless_told(world, tmp_path):
     import yaml
 

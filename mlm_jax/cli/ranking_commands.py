@@ -16,6 +16,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
         top_k=args.top_k,
         seq_len=args.seq_len,
         windows=args.windows,
+        dtype=args.dtype,
     )
 
 
@@ -24,7 +25,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
     search.print_search(
         args.collection, args.model, query=args.query, queries=args.queries, top_k=args.top_k,
-        seq_len=args.seq_len, windows=args.windows, fusion=not args.no_fusion,
+        seq_len=args.seq_len, windows=args.windows, fusion=not args.no_fusion, dtype=args.dtype,
     )  # fmt: skip
 
 
@@ -33,7 +34,7 @@ def _cmd_fuse(args: argparse.Namespace) -> None:
 
     from mlm_jax.inference import fusion
 
-    print(json.dumps(fusion.fit(args.model, args.dev, args.bi_encoder)))
+    print(json.dumps(fusion.fit(args.model, args.dev, args.bi_encoder, args.dtype)))
 
 
 _SEARCH_DESCRIPTION = """\
@@ -64,6 +65,14 @@ def _add_passage_args(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--windows", choices=MODES, help="a passage longer than a row: best of "
         "half-overlapping windows (maxp) or its opening only (firstp); default: the model's",
+    )  # fmt: skip
+    add_dtype_arg(command)
+
+
+def add_dtype_arg(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), help="the reranker's matrix products "
+        "(default: the model.dtype it was trained with; float32 matches transformers)",
     )  # fmt: skip
 
 
@@ -108,4 +117,5 @@ def add_ranking_parsers(commands) -> None:
         "--bi-encoder", help="also weigh this mean-pooling bi-encoder's cosines (a "
         "sentence-transformers BERT directory, e.g. the reranker's starting model)",
     )  # fmt: skip
+    add_dtype_arg(fuse)
     fuse.set_defaults(handler=_cmd_fuse)

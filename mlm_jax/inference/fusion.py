@@ -119,13 +119,14 @@ def _per_query(flat, bm25) -> list[np.ndarray]:
     return np.split(np.asarray(flat), np.cumsum([len(b) for b in bm25])[:-1])
 
 
-def fit(model: str, dev_files: list[str], bi_encoder: str | None = None) -> dict:
-    """Fit the fusion weights of ``model`` on ``dev_files`` and write them beside the model."""
+def fit(model: str, dev_files: list[str], bi_encoder: str | None = None, dtype=None) -> dict:
+    """Fit the fusion weights of ``model`` on ``dev_files`` and write them beside the model
+    (the reranker's products in ``dtype``, as :func:`scoring.load_reranker` takes it)."""
     from mlm_jax.inference import embedding, scoring
 
     if not dev_files:
         raise UserError("--dev needs at least one dev.jsonl (`data relevance --dev-queries N`)")
-    score = scoring.load_reranker(model, chunk_rows=64)
+    score = scoring.load_reranker(model, chunk_rows=64, dtype=dtype)
     embed = None if bi_encoder is None else embedding.load_bi_encoder(bi_encoder)
     grid = _grid(embed is not None)
     table = {}  # file -> [MRR@10 at each pair of weights]

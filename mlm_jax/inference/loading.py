@@ -8,8 +8,9 @@ It accepts what the other commands produce and what the ecosystem ships:
   + ``tokenizer.json``), its config derived by :func:`mlm_jax.hf.reader.hf_model_config`;
 * a training or fine-tuning run (``config.yaml``/``checkpoints``): its newest checkpoint.
 
-Models load in float32 on this host's devices: inference runs at full precision, as
-``transformers`` does.
+Models load on this host's devices with float32 products by default, as ``transformers``
+computes; ``dtype=None`` keeps the products the model records (``model.dtype``), which a
+reranker scores with (:mod:`mlm_jax.inference.scoring`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class Loaded:
         return self.config.finetune is not None
 
 
-def load(path: str | os.PathLike) -> Loaded:
-    """The model in ``path``, whatever kind of directory it is (see the module docstring)."""
+def load(path: str | os.PathLike, dtype: str | None = "float32") -> Loaded:
+    """The model in ``path``, whatever kind of directory it is (see the module docstring),
+    its products in ``dtype`` (None: the ``model.dtype`` it records)."""
     directory = Path(path)
     if (directory / "mlm_jax.json").is_file():
         config, params = reader.read_export(directory)
@@ -55,7 +57,7 @@ def load(path: str | os.PathLike) -> Loaded:
             f"{str(directory)!r} is neither an export (config.json) nor a run directory "
             "(config.yaml, checkpoints/); pass one of them"
         )
-    config.model.dtype = "float32"
+    config.model.dtype = dtype or config.model.dtype
     graphdef, _, shardings = train_state.abstract_train_state(config, sharding.make_mesh(config))
     params = jax.device_put(params, shardings.params)
     return Loaded(config, graphdef, params, tokenizer_lib.load(config.data.tokenizer))

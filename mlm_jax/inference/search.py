@@ -61,7 +61,7 @@ def read_queries(path: str | Path) -> list[str]:
 
 def search(
     collection: str, model: str, queries: list[str], top_k: int = 20, seq_len=None, windows=None,
-    fusion: bool = True,
+    fusion: bool = True, dtype=None,
 ) -> list[dict]:  # fmt: skip
     """Per query ``{"query", "results": [{"rank", "score", "reranker", "bm25", "text"}, ...]}``
     (and ``"bi_encoder"``, the cosine, when the model's fusion weighs it); ``score`` is the
@@ -72,7 +72,7 @@ def search(
     from mlm_jax.inference import scoring
 
     # The model is checked before the index is built: a wrong --model writes nothing.
-    rerank = scoring.load_reranker(model, seq_len=seq_len, windows=windows)
+    rerank = scoring.load_reranker(model, seq_len=seq_len, windows=windows, dtype=dtype)
     weights = fusion_lib.read(model) if fusion else None
     index = bm25_index.cached(collection, passages)
     candidates, bm25 = index.top_k(queries, top_k)
@@ -100,13 +100,13 @@ def search(
 
 def print_search(collection: str, model: str, query: str | None = None,
                  queries: str | None = None, top_k: int = 20, seq_len=None,
-                 windows=None, fusion: bool = True) -> list[dict]:  # fmt: skip
+                 windows=None, fusion: bool = True, dtype=None) -> list[dict]:  # fmt: skip
     """``mlm-jax search``: one query prints a header then ``rank, score, bm25, passage``
     lines (tab-separated); ``--queries`` prints one JSON object per query."""
     if (query is None) == (queries is None):
         raise UserError('pass one query ("text") or --queries F.jsonl, not both')
     texts = [query] if queries is None else read_queries(queries)
-    results = search(collection, model, texts, top_k, seq_len, windows, fusion)
+    results = search(collection, model, texts, top_k, seq_len, windows, fusion, dtype)
     if queries is not None:
         for result in results:
             print(json.dumps(result, ensure_ascii=False))
