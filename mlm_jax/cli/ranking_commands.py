@@ -66,10 +66,9 @@ def _add_passage_args(command: argparse.ArgumentParser) -> None:
         "--windows", choices=MODES, help="a passage longer than a row: best of "
         "half-overlapping windows (maxp) or its opening only (firstp); default: the model's",
     )  # fmt: skip
-    add_dtype_arg(command)
 
 
-def add_dtype_arg(command: argparse.ArgumentParser) -> None:
+def _add_dtype_arg(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--dtype", choices=("float32", "bfloat16"), help="the reranker's matrix products "
         "(default: the model.dtype it was trained with; float32 matches transformers)",
@@ -84,6 +83,7 @@ def add_ranking_parsers(commands) -> None:
     score.add_argument("--queries", help="JSONL with query and candidates per line")
     score.add_argument("--top-k", type=int, default=10)
     _add_passage_args(score)
+    _add_dtype_arg(score)
     score.set_defaults(handler=_cmd_score)
 
     search = commands.add_parser(
@@ -102,6 +102,7 @@ def add_ranking_parsers(commands) -> None:
         help="order by the reranker alone, ignoring the fusion weights the model carries",
     )  # fmt: skip
     _add_passage_args(search)
+    _add_dtype_arg(search)
     search.set_defaults(handler=_cmd_search)
 
     fuse = commands.add_parser(
@@ -117,5 +118,5 @@ def add_ranking_parsers(commands) -> None:
         "--bi-encoder", help="also weigh this mean-pooling bi-encoder's cosines (a "
         "sentence-transformers BERT directory, e.g. the reranker's starting model)",
     )  # fmt: skip
-    add_dtype_arg(fuse)
+    _add_dtype_arg(fuse)
     fuse.set_defaults(handler=_cmd_fuse)
