@@ -12,7 +12,9 @@ query's BM25 top-k over the collection, with BM25's scores) and prints one JSON 
 and, when it carries fusion weights (``mlm-jax fuse``: BM25's, and the bi-encoder's
 it names), also fused as ``mlm-jax search`` orders (ranker ``fused:MODEL``). ``--mean
 FILE`` reads such JSON lines back and prints each ranker's mean over the sets (the
-leave-one-domain-out table of ``scripts/bench_lodo.sh``).
+leave-one-domain-out table of ``scripts/bench_lodo.sh``). ``--unseen-by FILE...`` keeps
+only the held-out queries that none of those training or dev files holds: a large held-out
+set drawn for one model can then score another that trained on part of it.
 """
 
 from __future__ import annotations
@@ -94,6 +96,15 @@ def _rankers(args):
             yield f"fused:{model}", fused
 
 
+def training_queries(paths: list[str]) -> set[str]:
+    """Every ``query`` field of these JSONL files (training or dev sets of any kind)."""
+    queries = set()
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            queries.update(json.loads(line)["query"] for line in handle if line.strip())
+    return queries
+
+
 def _ranker_kind(name: str) -> str:
     return name.split(":", 1)[0]
 
@@ -150,6 +161,14 @@ def main() -> None:
         help="also print each other ranker's MRR@10 minus this one's (a name as printed, "
         "e.g. bm25 or fused:MODEL) with a paired-bootstrap 95%% interval",
     )
+    parser.add_argument(
+        "--unseen-by",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="score only the held-out queries that no query line of these JSONL files (the "
+        "train.jsonl or dev.jsonl some model was fitted on) holds",
+    )
     args = parser.parse_args()
     if args.mean:
         return print_means(args.mean)
@@ -160,9 +179,14 @@ def main() -> None:
     names = [name for name, _ in _rankers(args)]
     if args.paired and args.paired not in names:
         parser.error(f"--paired {args.paired!r} is none of this run's rankers: {', '.join(names)}")
+    seen = training_queries(args.unseen_by)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file in args.eval:
-        lists = finetune_data.read_rerank(eval_file, evaluation=True)
+        lists = [
+            q for q in finetune_data.read_rerank(eval_file, evaluation=True) if q.query not in seen
+        ]
+        if not lists:
+            parser.error(f"--unseen-by leaves none of {eval_file}'s queries to score")
         relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
         reciprocal_ranks = {}
         for name, scores_of in _rankers(args):
