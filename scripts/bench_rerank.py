@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
+from mlm_jax import artifacts
 from mlm_jax.data import bm25_index, finetune_data
 from mlm_jax.data.ranking_metrics import paired_difference, per_query_metrics
+from mlm_jax.errors import UserError
 from mlm_jax.inference import fusion
 
 # Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
@@ -99,10 +102,28 @@ def _rankers(args):
 def training_queries(paths: list[str]) -> set[str]:
     """Every ``query`` field of these JSONL files (training or dev sets of any kind)."""
     queries = set()
+    expected = 'one JSON object with a "query" per line'
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            queries.update(json.loads(line)["query"] for line in handle if line.strip())
+        lines = artifacts.read_jsonl(
+            path, option="--unseen-by", missing="pass a train.jsonl or dev.jsonl", expected=expected
+        )
+        for where, record in lines:
+            if not isinstance(record, dict) or not isinstance(record.get("query"), str):
+                raise UserError(f"{where}: no query; write {expected}")
+            queries.add(record["query"])
     return queries
+
+
+def held_out_lists(eval_files: list[str], seen: set[str]) -> list[tuple[str, list]]:
+    """Each eval file's candidate lists, less the queries in ``seen``: all read before any
+    ranker scores, so that a bad file is refused before minutes of scoring, not after."""
+    lists = []
+    for path in eval_files:
+        queries = finetune_data.read_rerank(path, evaluation=True)
+        lists.append((path, [q for q in queries if q.query not in seen]))
+        if not lists[-1][1]:
+            raise UserError(f"--unseen-by leaves none of {path}'s queries to score")
+    return lists
 
 
 def _ranker_kind(name: str) -> str:
@@ -179,14 +200,13 @@ def main() -> None:
     names = [name for name, _ in _rankers(args)]
     if args.paired and args.paired not in names:
         parser.error(f"--paired {args.paired!r} is none of this run's rankers: {', '.join(names)}")
-    seen = training_queries(args.unseen_by)
+    try:
+        held_out = held_out_lists(args.eval, training_queries(args.unseen_by))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for eval_file in args.eval:
-        lists = [
-            q for q in finetune_data.read_rerank(eval_file, evaluation=True) if q.query not in seen
-        ]
-        if not lists:
-            parser.error(f"--unseen-by leaves none of {eval_file}'s queries to score")
+    for eval_file, lists in held_out:
         relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
         reciprocal_ranks = {}
         for name, scores_of in _rankers(args):
