@@ -119,6 +119,9 @@ def held_out_lists(eval_files: list[str], seen: set[str]) -> list[tuple[str, lis
     ranker scores, so that a bad file is refused before minutes of scoring, not after."""
     lists = []
     for path in eval_files:
+        if not os.path.isfile(path):
+            raise UserError(f"--eval {path}: file not found; pass an eval.jsonl of `mlm-jax data "
+                            "relevance --pairs`")  # fmt: skip
         queries = finetune_data.read_rerank(path, evaluation=True)
         lists.append((path, [q for q in queries if q.query not in seen]))
         if not lists[-1][1]:
@@ -165,7 +168,7 @@ def print_paired(eval_file: str, reference: str, reciprocal_ranks: dict) -> None
             }), flush=True)  # fmt: skip
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval", nargs="+", help="eval.jsonl of --pairs sets")
     parser.add_argument("--mean", help="JSON lines of this script: print each ranker's mean")
@@ -190,21 +193,33 @@ def main() -> None:
         help="score only the held-out queries that no query line of these JSONL files (the "
         "train.jsonl or dev.jsonl some model was fitted on) holds",
     )
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
+    try:
+        run(args, parser)
+    except UserError as error:  # a bad file or model: one line, as the mlm-jax commands give
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(args, parser: argparse.ArgumentParser) -> None:
     if args.mean:
         return print_means(args.mean)
     if not args.eval:
         parser.error("pass --eval FILE... (or --mean FILE)")
+    for model in args.model:
+        if not os.path.isdir(model):
+            raise UserError(f"--model {model}: no such directory; pass a fine-tuned run or export")
     # The rankers' names are known before any of them scores (only fusion files are read):
     # a --paired name that is none of them is refused before minutes of scoring, not after.
     names = [name for name, _ in _rankers(args)]
     if args.paired and args.paired not in names:
         parser.error(f"--paired {args.paired!r} is none of this run's rankers: {', '.join(names)}")
-    try:
-        held_out = held_out_lists(args.eval, training_queries(args.unseen_by))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    held_out = held_out_lists(args.eval, training_queries(args.unseen_by))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file, lists in held_out:
         relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]
