@@ -50,7 +50,7 @@ MiniLM bi-encoder it started from. On a kind it never saw (each left out in turn
 over BM25's top 20) it beat BM25 by +0.04 to +0.10 and the zero-shot bi-encoder on every
 kind, by 0.023 on average (0.613 vs 0.590). On text unlike all six, expect less than that
 table's average; its worst margins were +0.04 over BM25 and +0.006 over the bi-encoder
-(docstrings). On one collection you can train on, a reranker fine-tuned on it alone does
+(docstrings). On a collection you can train on, a reranker fine-tuned on it alone can do
 better: on WordNet's glosses, by 0.016. Figures: docs/benchmarks.md, "A reranker that travels".
 """
 
