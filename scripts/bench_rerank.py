@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 
-from mlm_jax import artifacts
 from mlm_jax.data import bm25_index, finetune_data
 from mlm_jax.data.ranking_metrics import paired_difference, per_query_metrics
 from mlm_jax.errors import UserError
@@ -99,30 +98,21 @@ def _rankers(args):
             yield f"fused:{model}", fused
 
 
-def training_queries(paths: list[str]) -> set[str]:
-    """Every ``query`` field of these JSONL files (training or dev sets of any kind)."""
-    queries = set()
-    expected = 'one JSON object with a "query" per line'
-    for path in paths:
-        lines = artifacts.read_jsonl(
-            path, option="--unseen-by", missing="pass a train.jsonl or dev.jsonl", expected=expected
-        )
-        for where, record in lines:
-            if not isinstance(record, dict) or not isinstance(record.get("query"), str):
-                raise UserError(f"{where}: no query; write {expected}")
-            queries.add(record["query"])
-    return queries
-
-
-def held_out_lists(eval_files: list[str], seen: set[str]) -> list[tuple[str, list]]:
-    """Each eval file's candidate lists, less the queries in ``seen``: all read before any
-    ranker scores, so that a bad file is refused before minutes of scoring, not after."""
+def held_out_lists(eval_files: list[str], unseen_by: list[str]) -> list[tuple[str, list]]:
+    """Each eval file's candidate lists, less the queries of the ``unseen_by`` files (any
+    reranking set: train, dev or eval): all read before any ranker scores, so that a bad
+    file is refused before minutes of scoring, not after."""
+    missing = "pass a train.jsonl or dev.jsonl of `mlm-jax data relevance --pairs`"
+    seen = {
+        q.query
+        for path in unseen_by
+        for q in finetune_data.read_rerank(path, evaluation=True, missing=missing)
+    }
     lists = []
     for path in eval_files:
-        if not os.path.isfile(path):
-            raise UserError(f"--eval {path}: file not found; pass an eval.jsonl of `mlm-jax data "
-                            "relevance --pairs`")  # fmt: skip
-        queries = finetune_data.read_rerank(path, evaluation=True)
+        queries = finetune_data.read_rerank(
+            path, evaluation=True, missing="pass an eval.jsonl of `mlm-jax data relevance --pairs`"
+        )
         lists.append((path, [q for q in queries if q.query not in seen]))
         if not lists[-1][1]:
             raise UserError(f"--unseen-by leaves none of {path}'s queries to score")
@@ -219,7 +209,7 @@ def run(args, parser: argparse.ArgumentParser) -> None:
     names = [name for name, _ in _rankers(args)]
     if args.paired and args.paired not in names:
         parser.error(f"--paired {args.paired!r} is none of this run's rankers: {', '.join(names)}")
-    held_out = held_out_lists(args.eval, training_queries(args.unseen_by))
+    held_out = held_out_lists(args.eval, args.unseen_by)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for eval_file, lists in held_out:
         relevant = [np.asarray([1] * len(q.positives) + [0] * len(q.negatives)) for q in lists]

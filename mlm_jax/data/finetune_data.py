@@ -50,11 +50,13 @@ class RankingQuery:
     teacher: dict[str, float] = field(default_factory=dict)  # passage -> a teacher's score
 
 
-def _records(path: str | Path):
-    """``(where, dict)`` for each non-blank line; UserError naming ``file:line``."""
-    lines = artifacts.read_jsonl(
-        path, missing="check finetune.train_file/eval_file", expected="one JSON object per line"
-    )
+_MISSING = "check finetune.train_file/eval_file"
+
+
+def _records(path: str | Path, missing: str = _MISSING):
+    """``(where, dict)`` for each non-blank line; UserError naming ``file:line`` (a missing
+    file's ends in ``missing``, what to pass instead)."""
+    lines = artifacts.read_jsonl(path, missing=missing, expected="one JSON object per line")
     for where, record in lines:
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object, got {_kind(record)}")
@@ -102,14 +104,17 @@ def read_classify(path: str | Path, num_labels: int) -> list[Labelled]:
     return examples
 
 
-def read_rerank(path: str | Path, evaluation: bool = False) -> list[RankingQuery]:
+def read_rerank(
+    path: str | Path, evaluation: bool = False, missing: str = _MISSING
+) -> list[RankingQuery]:
     """Ranking queries of a JSONL file, in order of first appearance.
 
     ``evaluation``: a query's candidates may all be irrelevant (or all relevant).
+    ``missing``: what a missing file's error tells the user to pass instead.
     """
     expected = '{"query", "positive", "negatives"} or {"query", "passage", "label"}'
     queries: dict[str, RankingQuery] = {}
-    for where, record in _records(path):
+    for where, record in _records(path, missing):
         text = _text(record, "query", where, expected)
         entry = queries.setdefault(text, RankingQuery(text, where=where))
         if "passage" in record:
