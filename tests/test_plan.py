@@ -6,6 +6,7 @@ extra), nothing faked. The presets' own plans are in tests/test_aot_presets.py.
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -41,12 +42,12 @@ def test_bad_slice_names_are_refused_with_examples(name):
         targets.parse_slice(name)
 
 
-def _plan(tmp_path, *overrides, target="v5p-8"):
+def _plan(tmp_path, *overrides, target="v5p-8", env=None):
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps(config_dict({"model": {"dtype": "bfloat16"}})))
     out = tmp_path / "plan.json"
     sets = [a for o in overrides for a in ("--set", o)]
-    result = run_cli("plan", "--config", config, "--target", target, "--json", out, *sets)
+    result = run_cli("plan", "--config", config, "--target", target, "--json", out, *sets, env=env)
     return result, (json.loads(out.read_text()) if out.exists() else None)
 
 
@@ -106,6 +107,20 @@ def test_remat_lowers_the_train_steps_temporaries(tmp_path):
         temporaries[remat] = report["programs"]["train_step"]["memory"]["temporaries"]
     assert temporaries["full"] < temporaries["dense"] < temporaries["none"]
     assert temporaries["full"] < 0.5 * temporaries["none"]
+
+
+def test_a_persistent_compilation_cache_leaves_a_plan_quiet(tmp_path):
+    # libtpu's compile-only client cannot load a cached executable back: with a cache
+    # directory set, a plan that did not turn the cache off warned once per program on
+    # every run after the first, and compiled anyway.
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla-cache"))
+    reports = []
+    for _ in range(2):
+        result, report = _plan(tmp_path, env=env)
+        assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+        reports.append(report)
+    first, second = (report["programs"]["train_step"]["memory"] for report in reports)
+    assert first == second
 
 
 def test_a_run_too_big_for_the_slice_is_refused_in_one_line(tmp_path):

@@ -144,8 +144,13 @@ def compile_only_devices(tpu: Slice):
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
     require_libtpu(tpu)
+    import jax
     from jax.experimental import topologies
 
+    # A compile-only client cannot load an executable back, so with a persistent cache
+    # (JAX_COMPILATION_CACHE_DIR) every later plan would warn once per program and
+    # compile anyway: the cache only costs a plan, never saves it one.
+    jax.config.update("jax_enable_compilation_cache", False)
     topology = topologies.get_topology_desc(
         platform="tpu",
         topology_name=tpu.topology_name,
