@@ -17,6 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # 228 s without the cache, 200 s with the threshold, 185 s without it). A fresh directory
 # each run, so no test leans on an earlier run's programs.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# A size limit turns on JAX's file lock (the `filelock` package, in the test extra): without
+# it an entry is written in place, and a process reading it half-written (the other
+# worker, or a peer of a multi-process run) would warn on stderr and compile again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import atexit
     import shutil
