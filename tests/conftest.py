@@ -11,23 +11,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Two cores: keep TensorFlow-free TFDS and Grain from spawning thread storms.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # One persistent XLA compilation cache per test run, shared by both xdist workers (they
-# inherit this process's environment) and every `mlm-jax` child: many tests compile the
-# same small programs, and a hit loads in a fraction of a second what takes up to seconds
-# to compile. Programs under JAX's one-second threshold are kept too (tests/test_train.py:
-# 228 s without the cache, 200 s with the threshold, 185 s without it). A fresh directory
-# each run, so no test leans on an earlier run's programs.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# A size limit turns on JAX's file lock (the `filelock` package, in the test extra): without
-# it an entry is written in place, and a process reading it half-written (the other
-# worker, or a peer of a multi-process run) would warn on stderr and compile again.
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+# inherit the environment of the process that loads this file first) and every `mlm-jax`
+# child: many tests compile the same small programs, and a hit loads in a fraction of a
+# second what takes up to seconds to compile. Programs under JAX's one-second threshold
+# are kept too (tests/test_train.py: 228 s without the cache, 200 s with the threshold,
+# 185 s without it). The directory is the run's own, never a cache the shell names, so no
+# test leans on an earlier run's programs and the size limit never evicts a user's. The
+# limit also turns on JAX's file lock (the `filelock` package, in the test extra): without
+# it an entry is written in place, and a process reading it half-written (the other worker,
+# a peer of a multi-process run) would warn on stderr and compile again.
+if "MLM_JAX_TEST_XLA_CACHE" not in os.environ:
     import atexit
     import shutil
     import tempfile
 
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mlm-jax-xla-cache-")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+    os.environ["MLM_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="mlm-jax-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["MLM_JAX_TEST_XLA_CACHE"], True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["MLM_JAX_TEST_XLA_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 * 2**30)
 
 
 import importlib  # noqa: E402

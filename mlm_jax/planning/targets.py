@@ -130,7 +130,8 @@ def compile_only_devices(tpu: Slice):
 
     Must be called before JAX has picked a backend in this process with
     ``JAX_PLATFORMS=cpu`` set (``mlm-jax plan`` does so), so libtpu is loaded as a
-    compiler and never looks for a chip.
+    compiler and never looks for a chip, and before anything in it compiles: JAX decides
+    once per process whether to use its persistent cache, which this turns off.
     """
     # libtpu asks the VM's metadata for these; on a host that is no TPU VM it would
     # print a page of warnings and fail.
