@@ -30,7 +30,7 @@ import numpy as np
 from mlm_jax.data import bm25_index, finetune_data
 from mlm_jax.data.ranking_metrics import paired_difference, per_query_metrics
 from mlm_jax.errors import UserError
-from mlm_jax.inference import fusion
+from mlm_jax.inference import fusion, loading
 
 # Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
 # ones first, then the rest (finetune_data.RankingQuery), scored by each ranker in turn.
@@ -113,9 +113,10 @@ def held_out_lists(eval_files: list[str], unseen_by: list[str]) -> list[tuple[st
         queries = finetune_data.read_rerank(
             path, evaluation=True, missing="pass an eval.jsonl of `mlm-jax data relevance --pairs`"
         )
-        lists.append((path, [q for q in queries if q.query not in seen]))
-        if not lists[-1][1]:
+        kept = [q for q in queries if q.query not in seen]
+        if not kept:
             raise UserError(f"--unseen-by leaves none of {path}'s queries to score")
+        lists.append((path, kept))
     return lists
 
 
@@ -201,9 +202,8 @@ def run(args, parser: argparse.ArgumentParser) -> None:
         return print_means(args.mean)
     if not args.eval:
         parser.error("pass --eval FILE... (or --mean FILE)")
-    for model in args.model:
-        if not os.path.isdir(model):
-            raise UserError(f"--model {model}: no such directory; pass a fine-tuned run or export")
+    for model in args.model:  # refused now, by the loader's own test, not minutes in
+        loading.model_kind(model)
     # The rankers' names are known before any of them scores (only fusion files are read):
     # a --paired name that is none of them is refused before minutes of scoring, not after.
     names = [name for name, _ in _rankers(args)]

@@ -42,21 +42,33 @@ class Loaded:
         return self.config.finetune is not None
 
 
+def model_kind(path: str | os.PathLike) -> str:
+    """``export``, ``run`` or ``foreign`` (a Hugging Face BERT we did not write), read from
+    the directory's files alone, so a caller can refuse a bad path before any work."""
+    directory = Path(path)
+    if (directory / "mlm_jax.json").is_file():
+        return "export"
+    if (directory / "config.yaml").is_file() or (directory / "checkpoints").is_dir():
+        return "run"
+    if (directory / "config.json").is_file():
+        return "foreign"
+    raise UserError(
+        f"{str(directory)!r} is neither an export (config.json) nor a run directory "
+        "(config.yaml, checkpoints/); pass one of them"
+    )
+
+
 def load(path: str | os.PathLike, dtype: str | None = "float32") -> Loaded:
     """The model in ``path``, whatever kind of directory it is (see the module docstring),
     its products in ``dtype`` (None: the ``model.dtype`` it records)."""
     directory = Path(path)
-    if (directory / "mlm_jax.json").is_file():
+    kind = model_kind(directory)
+    if kind == "export":
         config, params = reader.read_export(directory)
-    elif (directory / "config.yaml").is_file() or (directory / "checkpoints").is_dir():
+    elif kind == "run":
         config, _, params = restore.restore_params(str(directory))
-    elif (directory / "config.json").is_file():
-        config, params = _foreign(directory)
     else:
-        raise UserError(
-            f"{str(directory)!r} is neither an export (config.json) nor a run directory "
-            "(config.yaml, checkpoints/); pass one of them"
-        )
+        config, params = _foreign(directory)
     config.model.dtype = dtype or config.model.dtype
     graphdef, _, shardings = train_state.abstract_train_state(config, sharding.make_mesh(config))
     params = jax.device_put(params, shardings.params)
