@@ -30,7 +30,7 @@ import numpy as np
 from mlm_jax.data import bm25_index, finetune_data
 from mlm_jax.data.ranking_metrics import paired_difference, per_query_metrics
 from mlm_jax.errors import UserError
-from mlm_jax.inference import fusion, loading
+from mlm_jax.inference import fusion, scoring
 
 # Each held-out query's candidates as fine-tuning's evaluation reads them: the relevant
 # ones first, then the rest (finetune_data.RankingQuery), scored by each ranker in turn.
@@ -61,8 +61,6 @@ def bi_encoder(path: str, queries):
 def reranker(path: str, queries, seq_len: int | None, windows: str | None, dtype: str | None):
     """Scores as ``mlm-jax score`` computes them (``seq_len``, ``windows`` and ``dtype`` as its
     options; None: the model's own)."""
-    from mlm_jax.inference import scoring
-
     score = scoring.load_reranker(
         path, chunk_rows=64, seq_len=seq_len, windows=windows, dtype=dtype
     )
@@ -202,8 +200,8 @@ def run(args, parser: argparse.ArgumentParser) -> None:
         return print_means(args.mean)
     if not args.eval:
         parser.error("pass --eval FILE... (or --mean FILE)")
-    for model in args.model:  # refused now, by the loader's own test, not minutes in
-        loading.model_kind(model)
+    for model in args.model:  # refused now, by the scorer's own test, not minutes in
+        scoring.check_reranker_path(model)
     # The rankers' names are known before any of them scores (only fusion files are read):
     # a --paired name that is none of them is refused before minutes of scoring, not after.
     names = [name for name, _ in _rankers(args)]

@@ -29,11 +29,7 @@ def load_reranker(
     evaluated in, which for a bf16 run is about twice as fast wherever bf16 has hardware;
     ``"float32"`` reproduces ``transformers`` to rounding).
     """
-    directory = Path(path)
-    if not any((directory / name).is_file() for name in ("mlm_jax.json", "config.yaml")):
-        raise UserError(
-            f"{path!r} is neither a fine-tuned export (mlm_jax.json) nor a run (config.yaml)"
-        )
+    check_reranker_path(path)
     model = loading.load(path, dtype)
     config = model.config
     if not model.fine_tuned:
@@ -52,6 +48,16 @@ def load_reranker(
     if windows == "firstp":
         return score_rows
     return lambda pairs: passage_windows.best_window_scores(scorer.encoder, score_rows, pairs)
+
+
+def check_reranker_path(path: str) -> None:
+    """Refuse, from its files alone, a directory that is neither a fine-tuned export nor a
+    run: a caller can then stop a bad path before any scoring, by the scorer's own rule."""
+    directory = Path(path)
+    if not any((directory / name).is_file() for name in ("mlm_jax.json", "config.yaml")):
+        raise UserError(
+            f"{path!r} is neither a fine-tuned export (mlm_jax.json) nor a run (config.yaml)"
+        )
 
 
 def _row_length(path: str, config, seq_len: int | None) -> int:
